@@ -1,0 +1,3 @@
+from symbi.cli.main import main
+
+raise SystemExit(main())

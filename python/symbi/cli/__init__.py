@@ -1,0 +1,1 @@
+"""The ``symbi`` command line. It uses only the public API."""

@@ -1,0 +1,93 @@
+"""``symbi``: demo, version, config check, bench.
+
+Exit codes: 0 success, 1 the command ran and found a failure, 2 bad arguments or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+import symbi
+from symbi.errors import SymbiError
+
+__all__ = ["main"]
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    from symbi import _core  # build facts are not part of the public API
+
+    info = _core.build_info()
+    print(
+        f"symbi {symbi.__version__} (core {info['version']}, {info['profile']}, "
+        f"{info['target_arch']}-{info['target_os']}, abi3) "
+        f"on {platform.python_implementation()} {platform.python_version()}"
+    )
+    return 0
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = symbi.Config.load(args.file)
+    sys.stdout.write(f"# effective config: {args.file} plus SYMBI_* environment overrides\n")
+    sys.stdout.write(cfg.to_toml())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(config_path=args.config)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(quick=args.quick, only=args.only, json_out=args.json, benches_dir=args.dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="symbi", description="Run autonomous AI agents securely.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    v = sub.add_parser("version", help="print versions and build facts")
+    v.set_defaults(func=_cmd_version)
+
+    d = sub.add_parser("demo", help="run the main job on embedded defaults")
+    d.add_argument("--config", metavar="FILE", help="a TOML config (default: built-in defaults)")
+    d.set_defaults(func=_cmd_demo)
+
+    c = sub.add_parser("config", help="configuration tools")
+    csub = c.add_subparsers(dest="config_command", metavar="ACTION")
+    csub.required = True
+    cc = csub.add_parser("check", help="validate FILE and print the effective config")
+    cc.add_argument("file", metavar="FILE")
+    cc.set_defaults(func=_cmd_config_check)
+
+    b = sub.add_parser("bench", help="run benches/ with each peer in the same run")
+    b.add_argument("--quick", action="store_true", help="small data, few rounds")
+    b.add_argument("--only", metavar="AREA", help="one area, e.g. audit")
+    b.add_argument("--json", metavar="FILE", help="write the rows to FILE as JSON")
+    b.add_argument("--dir", metavar="DIR", help="the benches directory (default: ./benches)")
+    b.set_defaults(func=_cmd_bench)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except SymbiError as e:
+        print(f"symbi {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2 if isinstance(e, (symbi.errors.ConfigError, symbi.errors.InvalidArgument)) else 1
+    except KeyboardInterrupt:
+        return 130
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

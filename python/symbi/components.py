@@ -1,0 +1,118 @@
+"""What the runtime composes: components behind one small Protocol, and their health.
+
+A component is started inside the runtime's anyio task group and stopped, in reverse
+order, when the runtime shuts down. Backends (NATS transport, Docker sandbox, Qdrant, ...)
+are components too, so choosing one is a matter of config, not of code in the runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Callable, Literal, Protocol, runtime_checkable
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+
+__all__ = ["Component", "ComponentHealth", "HealthStatus", "Housekeeper"]
+
+log = logging.getLogger("symbi.runtime")
+
+HealthState = Literal["ok", "degraded", "down"]
+
+
+class ComponentHealth(msgspec.Struct, frozen=True, kw_only=True):
+    status: HealthState
+    detail: str = ""
+
+
+class HealthStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The runtime's health: the worst of its components' states."""
+
+    status: HealthState
+    components: dict[str, ComponentHealth]
+    uptime_s: float
+    version: str
+
+
+@runtime_checkable
+class Component(Protocol):
+    """A long-lived part of the runtime."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def start(self, task_group: TaskGroup) -> None:
+        """Start, spawning background tasks into ``task_group``. Return once ready."""
+
+    async def stop(self) -> None:
+        """Stop cleanly. The runtime bounds this by ``runtime.shutdown_grace_s``."""
+
+    def health(self) -> ComponentHealth: ...
+
+
+Task = Callable[[], Awaitable[None]]
+
+
+class Housekeeper:
+    """Runs registered maintenance tasks (cache expiry, compaction, ...) every
+    ``runtime.gc_interval_ms``. A task that fails is logged and retried next round; a task
+    that keeps failing marks the runtime degraded."""
+
+    name = "housekeeper"
+
+    def __init__(self, interval_s: float) -> None:
+        if not interval_s > 0:
+            raise ValueError("interval_s must be > 0")
+        self.interval_s = interval_s
+        self._tasks: dict[str, Task] = {}
+        self._failures: dict[str, int] = {}
+        self._rounds = 0
+        self._last_round = 0.0
+        self._scope: anyio.CancelScope | None = None
+
+    @property
+    def rounds(self) -> int:
+        return self._rounds
+
+    def register(self, name: str, task: Task) -> None:
+        """Run ``task`` every round. Registering a name again replaces its task."""
+        self._tasks[name] = task
+
+    def unregister(self, name: str) -> None:
+        self._tasks.pop(name, None)
+        self._failures.pop(name, None)
+
+    async def run_once(self) -> None:
+        for name, task in list(self._tasks.items()):
+            try:
+                # A stuck task must not stall housekeeping for everything else.
+                with anyio.fail_after(max(self.interval_s, 1.0)):
+                    await task()
+                self._failures.pop(name, None)
+            except Exception:
+                self._failures[name] = self._failures.get(name, 0) + 1
+                log.exception("housekeeping task %r failed", name)
+        self._rounds += 1
+        self._last_round = time.monotonic()
+
+    async def _loop(self) -> None:
+        with anyio.CancelScope() as self._scope:
+            while True:
+                await anyio.sleep(self.interval_s)
+                await self.run_once()
+
+    async def start(self, task_group: TaskGroup) -> None:
+        task_group.start_soon(self._loop, name="symbi.housekeeper")
+
+    async def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def health(self) -> ComponentHealth:
+        failing = sorted(n for n, c in self._failures.items() if c >= 3)
+        if failing:
+            return ComponentHealth(status="degraded", detail=f"failing tasks: {failing}")
+        return ComponentHealth(status="ok", detail=f"{self._rounds} rounds, {len(self._tasks)} tasks")

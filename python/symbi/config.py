@@ -1,0 +1,373 @@
+"""Runtime configuration: TOML sections overridden by environment variables.
+
+``Config.load()`` reads a file (the argument, else ``$SYMBI_CONFIG_PATH``, else defaults),
+applies environment overrides, and validates everything with msgspec. Any problem raises
+:class:`~symbi.errors.ConfigError` naming where the bad value came from (file or
+environment variable), the dotted key, and what was expected.
+
+Environment overrides, strongest last:
+
+* ``SYMBI_<SECTION>__<KEY>=value`` sets any key, for example
+  ``SYMBI_RUNTIME__MAX_CONCURRENT_AGENTS=500``. Values are read as TOML literals
+  (``true``, ``30``, ``"x"``); anything that is not one is taken as a plain string.
+* Named shortcuts: ``SYMBI_LOG_LEVEL``, ``SYMBI_RUNTIME_MODE``, ``SYMBI_CRYPTO_PROVIDER``,
+  ``SYMBI_AUDIT_STORAGE``, ``QDRANT_URL`` and ``MCP_SERVER_DISCOVERY``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import msgspec
+from msgspec import Meta
+from typing_extensions import Annotated
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.9/3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "Config",
+    "ContextConfig",
+    "McpConfig",
+    "RuntimeConfig",
+    "SecurityConfig",
+    "parse_size",
+]
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(value: Union[int, str]) -> int:
+    """Bytes in a size such as ``"1GB"`` (10**9), ``"512MiB"`` (2**29) or ``4096``."""
+    if isinstance(value, bool):
+        raise ValueError("a size must be a number of bytes or a string such as '1GB'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative, got {value}")
+        return value
+    m = _SIZE_RE.match(value)
+    unit = m.group(2).upper() if m else ""
+    if not m or unit not in _UNITS:
+        raise ValueError(
+            f"cannot read size {value!r}: use a number with an optional unit "
+            "B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)"
+        )
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class RuntimeConfig(_Section):
+    """``[runtime]``: capacity and housekeeping of the in-process runtime."""
+
+    max_concurrent_agents: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
+    #: Rust worker threads for scheduling; 0 means one per CPU core.
+    scheduler_threads: Annotated[int, Meta(ge=0, le=1024)] = 0
+    #: Capacity of each agent's mailbox, in messages.
+    message_buffer_size: Annotated[int, Meta(ge=1, le=16_777_216)] = 1024
+    gc_interval_ms: Annotated[int, Meta(ge=10, le=86_400_000)] = 5000
+    #: How long components get to stop cleanly before they are cancelled.
+    shutdown_grace_s: Annotated[float, Meta(ge=0, le=3600)] = 5.0
+    #: ``embedded``: everything in this process. ``distributed``: agents span processes.
+    mode: Literal["embedded", "distributed"] = "embedded"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+
+class SecurityConfig(_Section):
+    """``[security]``: sandboxing, policy enforcement, audit and crypto."""
+
+    default_sandbox_tier: Literal["local", "Tier1", "Tier2"] = "Tier1"
+    #: With enforcement on, an action that no policy allows is denied.
+    enforce_policies: bool = True
+    audit_enabled: bool = True
+    #: The Rust crypto backend. ``ring`` is accepted for Symbiont configs and means the
+    #: same audited RustCrypto implementations (ed25519-dalek, aes-gcm).
+    crypto_provider: Literal["rustcrypto", "ring"] = "rustcrypto"
+    #: Directory of the durable audit store; unset keeps the trail in memory.
+    audit_storage: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.audit_storage is not None and not self.audit_storage.strip():
+            raise ValueError("`audit_storage`: must be a directory path, or left unset")
+
+
+class ContextConfig(_Section):
+    """``[context]``: agent memory and the vector index."""
+
+    #: Unset means the embedded Rust HNSW index; a URL selects a Qdrant server.
+    vector_db_url: Optional[str] = None
+    embedding_dimension: Annotated[int, Meta(ge=1, le=65_536)] = 384
+    #: A size such as ``"1GB"``; see :func:`parse_size`.
+    context_cache_size: Union[int, str] = "1GB"
+    knowledge_retention_days: Annotated[int, Meta(ge=0, le=36_500)] = 365
+
+    def __post_init__(self) -> None:
+        try:
+            parse_size(self.context_cache_size)
+        except ValueError as e:
+            raise ValueError(f"`context_cache_size`: {e}") from None
+        url = self.vector_db_url
+        if url is not None and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://\S+$", url):
+            raise ValueError(f"`vector_db_url`: must be a URL such as http://localhost:6333, got {url!r}")
+
+    @property
+    def context_cache_bytes(self) -> int:
+        return parse_size(self.context_cache_size)
+
+
+class McpConfig(_Section):
+    """``[mcp]``: MCP client behaviour and tool schema verification."""
+
+    discovery_enabled: bool = True
+    #: ``strict`` hides unverified tools, ``warn`` logs and allows, ``off`` skips checks.
+    tool_verification: Literal["strict", "warn", "off"] = "strict"
+    connection_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    max_concurrent_connections: Annotated[int, Meta(ge=1, le=100_000)] = 100
+
+
+# Env var -> (section, key) for the named shortcuts.
+_NAMED_ENV = {
+    "SYMBI_LOG_LEVEL": ("runtime", "log_level"),
+    "SYMBI_RUNTIME_MODE": ("runtime", "mode"),
+    "SYMBI_CRYPTO_PROVIDER": ("security", "crypto_provider"),
+    "SYMBI_AUDIT_STORAGE": ("security", "audit_storage"),
+    "QDRANT_URL": ("context", "vector_db_url"),
+    "MCP_SERVER_DISCOVERY": ("mcp", "discovery_enabled"),
+}
+# Spellings people use that mean one canonical value.
+_NORMALIZE = {
+    ("runtime", "log_level"): lambda v: v.lower(),
+    ("runtime", "mode"): lambda v: v.lower(),
+    ("security", "crypto_provider"): lambda v: v.lower(),
+    ("security", "default_sandbox_tier"): lambda v: {"tier1": "Tier1", "tier2": "Tier2"}.get(
+        v.lower(), v.lower()
+    ),
+    ("mcp", "tool_verification"): lambda v: v.lower(),
+}
+_AT_RE = re.compile(r"^(?P<detail>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_FIELD_RE = re.compile(r"^`(?P<field>\w+)`: (?P<detail>.*)$", re.S)
+_UNKNOWN_RE = re.compile(r"unknown field `(?P<field>[^`]+)`")
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """The whole configuration. Immutable: use :meth:`replace` to derive a changed copy."""
+
+    runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
+    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
+    context: ContextConfig = msgspec.field(default_factory=ContextConfig)
+    mcp: McpConfig = msgspec.field(default_factory=McpConfig)
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def load(
+        cls, path: Union[str, os.PathLike[str], None] = None, *, env: Optional[Mapping[str, str]] = None
+    ) -> Config:
+        """Read ``path`` (else ``$SYMBI_CONFIG_PATH``, else defaults), then apply the
+        environment overrides from ``env`` (default ``os.environ``)."""
+        env = os.environ if env is None else env
+        if path is None and env.get("SYMBI_CONFIG_PATH"):
+            path = env["SYMBI_CONFIG_PATH"]
+        if path is None:
+            return cls.from_dict({}, env=env)
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                f"config file {str(p)!r} does not exist; check the path "
+                "(or SYMBI_CONFIG_PATH), or omit it to use the defaults",
+                source=str(p),
+            ) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {str(p)!r}: {e}", source=str(p)) from None
+        return cls.from_toml(text, source=str(p), env=env)
+
+    @classmethod
+    def from_toml(
+        cls, text: str, *, source: str = "<string>", env: Optional[Mapping[str, str]] = None
+    ) -> Config:
+        """Parse TOML text. Environment overrides apply only when ``env`` is given
+        (``Config.load`` passes ``os.environ``)."""
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(
+                f"{source}: not valid TOML: {e}; fix the syntax at that line", source=source
+            ) from None
+        return cls.from_dict(raw, source=source, env=env)
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        source: str = "<dict>",
+        env: Optional[Mapping[str, str]] = None,
+    ) -> Config:
+        """Validate a mapping shaped like the TOML file; ``env`` adds overrides."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"{source}: the configuration must be a table of sections, got {type(data).__name__}",
+                source=source,
+            )
+        raw: dict[str, Any] = {}
+        origin: dict[tuple[str, str], str] = {}
+        for section, body in data.items():
+            raw[section] = dict(body) if isinstance(body, Mapping) else body
+            if isinstance(body, Mapping):
+                for key in body:
+                    origin[(section, key)] = source
+        for var, section, key, value in _env_overrides(env or {}):
+            if not isinstance(raw.setdefault(section, {}), dict):
+                raw[section] = {}
+            raw[section][key] = value
+            origin[(section, key)] = f"environment variable {var}"
+        for (section, key), norm in _NORMALIZE.items():
+            body = raw.get(section)
+            if isinstance(body, dict) and isinstance(body.get(key), str):
+                body[key] = norm(body[key])
+        try:
+            return msgspec.convert(raw, cls, strict=True)
+        except msgspec.ValidationError as e:
+            raise _config_error(str(e), source, origin) from None
+
+    # ---------------------------------------------------------------- output
+    def to_dict(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+
+    def to_toml(self) -> str:
+        """The effective configuration as TOML that ``Config.from_toml`` reads back."""
+        lines: list[str] = []
+        for section, body in self.to_dict().items():
+            if lines:
+                lines.append("")
+            lines.append(f"[{section}]")
+            for key, value in body.items():
+                if value is None:
+                    lines.append(f"# {key} is unset")
+                else:
+                    lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with whole sections replaced, e.g. ``cfg.replace(runtime=RuntimeConfig(...))``."""
+        return msgspec.structs.replace(self, **sections)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _env_value(text: str) -> Any:
+    """Read an environment value as a TOML literal, else as a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str, Any]]:
+    out: list[tuple[str, str, str, Any]] = []
+    sections = set(Config.__struct_fields__)
+    for var, value in sorted(env.items()):
+        if var.startswith("SYMBI_") and "__" in var:
+            section, _, key = var[len("SYMBI_") :].partition("__")
+            section, key = section.lower(), key.lower()
+            if section not in sections or not key:
+                raise ConfigError(
+                    f"environment variable {var} names no config section; use "
+                    f"SYMBI_<SECTION>__<KEY> with SECTION one of {sorted(sections)}",
+                    source=f"environment variable {var}",
+                    key=f"{section}.{key}",
+                    expected=f"a section in {sorted(sections)}",
+                )
+            out.append((var, section, key, _env_value(value)))
+    for var, (section, key) in _NAMED_ENV.items():
+        if var in env:
+            out.append((var, section, key, _env_value(env[var])))
+    return out
+
+
+def _config_error(text: str, source: str, origin: Mapping[tuple[str, str], str]) -> ConfigError:
+    m = _AT_RE.match(text)
+    detail = m.group("detail") if m else text
+    path = (m.group("path") if m else None) or ""
+    parts = [p for p in path.split(".") if p]
+    unknown = _UNKNOWN_RE.search(detail)
+    if unknown:
+        parts.append(unknown.group("field"))
+        detail = (
+            f"unknown key; the keys of [{parts[0]}] are "
+            f"{sorted(_section_fields(parts[0]))}" if len(parts) == 2 else
+            f"unknown section; the sections are {sorted(Config.__struct_fields__)}"
+        )
+    field = _FIELD_RE.match(detail)
+    if field and len(parts) == 1:  # raised by a section's __post_init__
+        parts.append(field.group("field"))
+        detail = field.group("detail")
+    if detail.startswith("Invalid enum value") and len(parts) == 2:
+        choices = _choices(parts[0], parts[1])
+        if choices:
+            detail += f"; expected one of {choices}"
+    key = ".".join(parts) or None
+    where = origin.get((parts[0], parts[1]), source) if len(parts) >= 2 else source
+    return ConfigError(
+        f"{where}: invalid config key {key or '(top level)'!r}: {detail}",
+        source=where,
+        key=key,
+        expected=detail,
+    )
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "runtime": RuntimeConfig,
+    "security": SecurityConfig,
+    "context": ContextConfig,
+    "mcp": McpConfig,
+}
+
+
+def _section_fields(section: str) -> tuple[str, ...]:
+    typ = _SECTIONS.get(section)
+    return typ.__struct_fields__ if typ else ()
+
+
+def _choices(section: str, key: str) -> list[Any]:
+    typ = _SECTIONS.get(section)
+    if typ is None:
+        return []
+    hint = typing.get_type_hints(typ).get(key)
+    return list(typing.get_args(hint)) if typing.get_origin(hint) is Literal else []

@@ -1,0 +1,225 @@
+"""The runtime: composes components inside one anyio task group.
+
+    async with symbi.Runtime(symbi.Config.load()) as rt:
+        ...
+
+Entering starts every component in order; leaving stops them in reverse order, giving
+them ``runtime.shutdown_grace_s`` seconds in all before whatever is left is cancelled.
+Shutdown is shielded, so it completes even when the enclosing task is being cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Literal, Optional
+
+import anyio
+from anyio.abc import TaskGroup
+
+from . import _core
+from .components import Component, ComponentHealth, HealthStatus, Housekeeper
+from .config import Config
+from .errors import ComponentError, InvalidArgument, RuntimeStateError
+
+__all__ = ["Runtime", "RuntimeState"]
+
+log = logging.getLogger("symbi.runtime")
+
+RuntimeState = Literal["new", "starting", "running", "stopping", "closed"]
+
+#: How long one component may take to start before the runtime gives up on it.
+START_TIMEOUT_S = 30.0
+
+
+class Runtime:
+    """An in-process symbi runtime. Use it once, as an async context manager."""
+
+    def __init__(
+        self,
+        config: Optional[Config] = None,
+        *,
+        components: Sequence[Component] = (),
+        start_timeout: float = START_TIMEOUT_S,
+    ) -> None:
+        if config is None:
+            config = Config()
+        if not isinstance(config, Config):
+            raise InvalidArgument(
+                f"config must be a symbi.Config, got {type(config).__name__}; "
+                "build one with symbi.Config.load(path) or symbi.Config()",
+                argument="config",
+                expected="symbi.Config",
+                got=type(config).__name__,
+            )
+        if not start_timeout > 0:
+            raise InvalidArgument(
+                "start_timeout must be a positive number of seconds",
+                argument="start_timeout",
+                expected="> 0",
+                got=start_timeout,
+            )
+        self._config = config
+        self._start_timeout = start_timeout
+        self.housekeeper = Housekeeper(config.runtime.gc_interval_ms / 1000)
+        self._components: list[Component] = [self.housekeeper]
+        for c in components:
+            if not isinstance(c, Component):
+                raise InvalidArgument(
+                    f"{c!r} is not a component: it needs name, start(task_group), stop() "
+                    "and health()",
+                    argument="components",
+                    expected="objects implementing symbi.Component",
+                    got=type(c).__name__,
+                )
+            self._components.append(c)
+        names = [c.name for c in self._components]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise InvalidArgument(
+                f"component names must be unique; {dupes} appear more than once",
+                argument="components",
+                expected="unique names",
+                got=dupes,
+            )
+        self._state: RuntimeState = "new"
+        self._started: list[Component] = []
+        self._tg: Optional[TaskGroup] = None
+        self._started_at = 0.0
+        logging.getLogger("symbi").setLevel(config.runtime.log_level.upper())
+
+    # ------------------------------------------------------------------ state
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def state(self) -> RuntimeState:
+        return self._state
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        return tuple(self._components)
+
+    def component(self, name: str) -> Component:
+        for c in self._components:
+            if c.name == name:
+                return c
+        raise InvalidArgument(
+            f"no component named {name!r}; this runtime has {[c.name for c in self._components]}",
+            argument="name",
+            expected="a component name",
+            got=name,
+        )
+
+    @property
+    def task_group(self) -> TaskGroup:
+        """The runtime's task group, for components and agents. Only while running."""
+        self._require_running()
+        assert self._tg is not None
+        return self._tg
+
+    def _require_running(self) -> None:
+        if self._state != "running":
+            raise RuntimeStateError(
+                f"the runtime is {self._state}; use it inside `async with symbi.Runtime(...) as rt:`"
+            )
+
+    def health(self) -> HealthStatus:
+        comps: dict[str, ComponentHealth] = {}
+        for c in self._components:
+            if self._state != "running":
+                comps[c.name] = ComponentHealth(status="down", detail=f"runtime {self._state}")
+                continue
+            try:
+                comps[c.name] = c.health()
+            except Exception as e:  # a health probe that crashes is itself a finding
+                comps[c.name] = ComponentHealth(status="down", detail=f"health check raised {e!r}")
+        states = {h.status for h in comps.values()}
+        overall: Literal["ok", "degraded", "down"] = (
+            "down" if "down" in states else "degraded" if "degraded" in states else "ok"
+        )
+        uptime = time.monotonic() - self._started_at if self._state == "running" else 0.0
+        return HealthStatus(
+            status=overall, components=comps, uptime_s=uptime, version=_core.__version__
+        )
+
+    # -------------------------------------------------------------- lifecycle
+    async def __aenter__(self) -> Runtime:
+        if self._state != "new":
+            raise RuntimeStateError(
+                f"this Runtime is {self._state}; a Runtime is entered once, create a new one"
+            )
+        self._state = "starting"
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            for c in self._components:
+                try:
+                    with anyio.fail_after(self._start_timeout):
+                        await c.start(tg)
+                except TimeoutError:
+                    raise ComponentError(
+                        f"component {c.name!r} did not start within {self._start_timeout}s; "
+                        "check its backend is reachable, or raise start_timeout",
+                        component=c.name,
+                    ) from None
+                except ComponentError:
+                    raise
+                except Exception as e:
+                    raise ComponentError(
+                        f"component {c.name!r} failed to start: {e}", component=c.name
+                    ) from e
+                self._started.append(c)
+        except BaseException as e:
+            await self._shutdown(type(e), e, e.__traceback__)
+            raise
+        self._started_at = time.monotonic()
+        self._state = "running"
+        log.debug("runtime started with components %s", [c.name for c in self._started])
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> Optional[bool]:
+        return await self._shutdown(exc_type, exc, tb)
+
+    async def _shutdown(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> Optional[bool]:
+        self._state = "stopping"
+        grace = self._config.runtime.shutdown_grace_s
+        failures: list[ComponentError] = []
+        tg = self._tg
+        try:
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(grace) as scope:
+                    for c in reversed(self._started):
+                        try:
+                            await c.stop()
+                        except Exception as e:
+                            log.exception("component %r failed to stop", c.name)
+                            failures.append(
+                                ComponentError(f"component {c.name!r} failed to stop: {e}", component=c.name)
+                            )
+                if scope.cancelled_caught:
+                    log.warning("components did not stop within %ss; cancelling them", grace)
+                if tg is not None:
+                    tg.cancel_scope.cancel()
+            if tg is not None:
+                await tg.__aexit__(exc_type, exc, tb)
+        finally:
+            self._state = "closed"
+            self._tg = None
+        if failures and exc is None:
+            raise failures[0]
+        return None
