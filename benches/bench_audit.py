@@ -11,8 +11,8 @@ import random
 import struct
 
 import pytest
-from conftest import size
 
+from conftest import size
 from symbi.audit import GENESIS, chain_hashes
 
 N = size(20_000, 2_000)

@@ -2,6 +2,15 @@
 
 from collections.abc import Sequence
 
+__all__ = [
+    "CHAIN_HASH_SIZE",
+    "__version__",
+    "build_info",
+    "chain_hashes",
+    "chain_link",
+    "verify_chain",
+]
+
 __version__: str
 CHAIN_HASH_SIZE: int
 

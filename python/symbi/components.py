@@ -115,4 +115,6 @@ class Housekeeper:
         failing = sorted(n for n, c in self._failures.items() if c >= 3)
         if failing:
             return ComponentHealth(status="degraded", detail=f"failing tasks: {failing}")
-        return ComponentHealth(status="ok", detail=f"{self._rounds} rounds, {len(self._tasks)} tasks")
+        return ComponentHealth(
+            status="ok", detail=f"{self._rounds} rounds, {len(self._tasks)} tasks"
+        )

@@ -16,14 +16,13 @@ Environment overrides, strongest last:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import msgspec
 from msgspec import Meta
@@ -82,7 +81,7 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     pass
 
 
-class RuntimeConfig(_Section):
+class RuntimeConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """``[runtime]``: capacity and housekeeping of the in-process runtime."""
 
     max_concurrent_agents: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
@@ -98,7 +97,7 @@ class RuntimeConfig(_Section):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
 
-class SecurityConfig(_Section):
+class SecurityConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """``[security]``: sandboxing, policy enforcement, audit and crypto."""
 
     default_sandbox_tier: Literal["local", "Tier1", "Tier2"] = "Tier1"
@@ -116,7 +115,7 @@ class SecurityConfig(_Section):
             raise ValueError("`audit_storage`: must be a directory path, or left unset")
 
 
-class ContextConfig(_Section):
+class ContextConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """``[context]``: agent memory and the vector index."""
 
     #: Unset means the embedded Rust HNSW index; a URL selects a Qdrant server.
@@ -133,14 +132,16 @@ class ContextConfig(_Section):
             raise ValueError(f"`context_cache_size`: {e}") from None
         url = self.vector_db_url
         if url is not None and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://\S+$", url):
-            raise ValueError(f"`vector_db_url`: must be a URL such as http://localhost:6333, got {url!r}")
+            raise ValueError(
+                f"`vector_db_url`: must be a URL such as http://localhost:6333, got {url!r}"
+            )
 
     @property
     def context_cache_bytes(self) -> int:
         return parse_size(self.context_cache_size)
 
 
-class McpConfig(_Section):
+class McpConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """``[mcp]``: MCP client behaviour and tool schema verification."""
 
     discovery_enabled: bool = True
@@ -160,7 +161,7 @@ _NAMED_ENV = {
     "MCP_SERVER_DISCOVERY": ("mcp", "discovery_enabled"),
 }
 # Spellings people use that mean one canonical value.
-_NORMALIZE = {
+_NORMALIZE: dict[tuple[str, str], Callable[[str], str]] = {
     ("runtime", "log_level"): lambda v: v.lower(),
     ("runtime", "mode"): lambda v: v.lower(),
     ("security", "crypto_provider"): lambda v: v.lower(),
@@ -185,7 +186,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     # ----------------------------------------------------------------- loading
     @classmethod
     def load(
-        cls, path: Union[str, os.PathLike[str], None] = None, *, env: Optional[Mapping[str, str]] = None
+        cls,
+        path: Union[str, os.PathLike[str], None] = None,
+        *,
+        env: Optional[Mapping[str, str]] = None,
     ) -> Config:
         """Read ``path`` (else ``$SYMBI_CONFIG_PATH``, else defaults), then apply the
         environment overrides from ``env`` (default ``os.environ``)."""
@@ -232,7 +236,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
         """Validate a mapping shaped like the TOML file; ``env`` adds overrides."""
         if not isinstance(data, Mapping):
             raise ConfigError(
-                f"{source}: the configuration must be a table of sections, got {type(data).__name__}",
+                f"{source}: the configuration must be a table of sections, "
+                f"got {type(data).__name__}",
                 source=source,
             )
         raw: dict[str, Any] = {}
@@ -285,10 +290,24 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+        return _toml_string(v)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_string(s: str) -> str:
+    # TOML basic strings forbid control characters (and DEL) unescaped, and \u escapes
+    # must name a scalar value, so JSON's surrogate-pair escapes will not do.
+    out = []
+    for ch in s:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _env_value(text: str) -> Any:
@@ -330,9 +349,9 @@ def _config_error(text: str, source: str, origin: Mapping[tuple[str, str], str])
     if unknown:
         parts.append(unknown.group("field"))
         detail = (
-            f"unknown key; the keys of [{parts[0]}] are "
-            f"{sorted(_section_fields(parts[0]))}" if len(parts) == 2 else
-            f"unknown section; the sections are {sorted(Config.__struct_fields__)}"
+            f"unknown key; the keys of [{parts[0]}] are {sorted(_section_fields(parts[0]))}"
+            if len(parts) == 2
+            else f"unknown section; the sections are {sorted(Config.__struct_fields__)}"
         )
     field = _FIELD_RE.match(detail)
     if field and len(parts) == 1:  # raised by a section's __post_init__

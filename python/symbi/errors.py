@@ -45,9 +45,7 @@ class SymbiError(Exception):
 class InvalidArgument(SymbiError, ValueError):
     """A public entry point was called with a value it cannot use."""
 
-    def __init__(
-        self, message: str, *, argument: str, expected: str, got: Any = None
-    ) -> None:
+    def __init__(self, message: str, *, argument: str, expected: str, got: Any = None) -> None:
         super().__init__(message)
         self.argument = argument
         self.expected = expected

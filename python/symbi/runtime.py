@@ -124,7 +124,8 @@ class Runtime:
     def _require_running(self) -> None:
         if self._state != "running":
             raise RuntimeStateError(
-                f"the runtime is {self._state}; use it inside `async with symbi.Runtime(...) as rt:`"
+                f"the runtime is {self._state}; "
+                "use it inside `async with symbi.Runtime(...) as rt:`"
             )
 
     def health(self) -> HealthStatus:
@@ -209,14 +210,19 @@ class Runtime:
                         except Exception as e:
                             log.exception("component %r failed to stop", c.name)
                             failures.append(
-                                ComponentError(f"component {c.name!r} failed to stop: {e}", component=c.name)
+                                ComponentError(
+                                    f"component {c.name!r} failed to stop: {e}", component=c.name
+                                )
                             )
                 if scope.cancelled_caught:
                     log.warning("components did not stop within %ss; cancelling them", grace)
                 if tg is not None:
                     tg.cancel_scope.cancel()
             if tg is not None:
-                await tg.__aexit__(exc_type, exc, tb)
+                # The body's own exception propagates from our __aexit__; handing it to
+                # the task group would wrap it in an ExceptionGroup. The group still raises
+                # for failures of its child tasks.
+                await tg.__aexit__(None, None, None)
         finally:
             self._state = "closed"
             self._tg = None

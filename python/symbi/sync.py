@@ -79,7 +79,9 @@ class Runtime(AbstractContextManager["Runtime"]):
 
     def _require_portal(self) -> BlockingPortal:
         if self._portal is None:
-            raise RuntimeStateError("the runtime is not running; use `with symbi.sync.Runtime() as rt:`")
+            raise RuntimeStateError(
+                "the runtime is not running; use `with symbi.sync.Runtime() as rt:`"
+            )
         return self._portal
 
     # ------------------------------------------------------------ passthrough

@@ -53,7 +53,12 @@ def chain_link(prev: bytes, seq: int, payload: bytes) -> bytes:
     """The chain hash of event ``seq`` with canonical bytes ``payload``."""
     _check_seq("seq", seq)
     if not isinstance(payload, bytes):
-        raise InvalidArgument("payload must be bytes", argument="payload", expected="bytes", got=type(payload).__name__)
+        raise InvalidArgument(
+            "payload must be bytes",
+            argument="payload",
+            expected="bytes",
+            got=type(payload).__name__,
+        )
     return _core.chain_link(bytes(prev), seq, payload)
 
 

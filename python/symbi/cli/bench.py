@@ -119,8 +119,14 @@ def _fmt(v: Optional[float]) -> str:
 def _print_table(rows: list[BenchRow]) -> None:
     header = ("metric", "unit", "symbi", "peer", "peer value", "ratio")
     body = [
-        (r.metric, r.unit, _fmt(r.symbi), r.peer or "-", _fmt(r.peer_value),
-         f"{r.ratio:.2f}x" if r.ratio is not None else "-")
+        (
+            r.metric,
+            r.unit,
+            _fmt(r.symbi),
+            r.peer or "-",
+            _fmt(r.peer_value),
+            f"{r.ratio:.2f}x" if r.ratio is not None else "-",
+        )
         for r in rows
     ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
@@ -144,7 +150,7 @@ def run_bench(
             expected="pytest-benchmark installed",
         ) from None
     root = _find_benches(benches_dir)
-    areas = sorted(p.stem[len("bench_"):] for p in root.glob("bench_*.py"))
+    areas = sorted(p.stem[len("bench_") :] for p in root.glob("bench_*.py"))
     if only is not None and only not in areas:
         raise InvalidArgument(
             f"no bench area {only!r}; the areas are {areas}",
@@ -156,17 +162,37 @@ def run_bench(
     with tempfile.TemporaryDirectory() as tmp:
         report_path = Path(tmp) / "report.json"
         cmd = [
-            sys.executable, "-m", "pytest", *targets, "-q", "-p", "no:cacheprovider",
-            "--benchmark-only", f"--benchmark-json={report_path}", "-o", "addopts=",
-            "-o", "python_files=bench_*.py", "-o", "python_functions=test_* bench_*",
-            "--rootdir", str(root),
+            sys.executable,
+            "-m",
+            "pytest",
+            *targets,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--benchmark-only",
+            f"--benchmark-json={report_path}",
+            "-o",
+            "addopts=",
+            "-o",
+            "python_files=bench_*.py",
+            "-o",
+            "python_functions=test_* bench_*",
+            "--rootdir",
+            str(root),
         ]
         if quick:
-            cmd += ["--benchmark-min-rounds=3", "--benchmark-max-time=0.2", "--benchmark-warmup=off"]
+            cmd += [
+                "--benchmark-min-rounds=3",
+                "--benchmark-max-time=0.2",
+                "--benchmark-warmup=off",
+            ]
         env = dict(os.environ, SYMBI_BENCH_QUICK="1" if quick else "0")
         proc = subprocess.run(cmd, env=env, check=False)
         if proc.returncode != 0 or not report_path.exists():
-            print(f"symbi bench: the benchmark run failed (pytest exit {proc.returncode})", file=sys.stderr)
+            print(
+                f"symbi bench: the benchmark run failed (pytest exit {proc.returncode})",
+                file=sys.stderr,
+            )
             return 1
         report = json.loads(report_path.read_text())
     rows = collect_rows(report)

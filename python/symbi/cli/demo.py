@@ -40,7 +40,11 @@ async def _demo(config: symbi.Config) -> int:
         try:
             verify_chain(GENESIS, 0, tampered, hashes)
         except AuditIntegrityError as e:
-            _line("audit chain", f"{len(events)} events hashed and verified; tampered copy caught at seq {e.sequence}")
+            _line(
+                "audit chain",
+                f"{len(events)} events hashed and verified; "
+                f"tampered copy caught at seq {e.sequence}",
+            )
         else:
             _line("audit chain", "FAILED: a tampered copy verified")
             return 1

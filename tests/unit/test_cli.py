@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import symbi
+from symbi.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "symbi", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("symbi")
+    assert exe, "the `symbi` console script is not on PATH"
+    out = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.startswith(f"symbi {symbi.__version__} ")
+
+
+def test_version(capsys):
+    assert main(["version"]) == 0
+    out = capsys.readouterr().out
+    assert symbi.__version__ in out and "abi3" in out and "CPython" in out
+
+
+def test_demo_runs_the_main_job():
+    p = run("demo", env=clean_env())
+    assert p.returncode == 0, p.stderr
+    assert "runtime" in p.stdout and "health       ok" in p.stdout
+    assert "tampered copy caught at seq 42" in p.stdout
+    assert "shutdown" in p.stdout
+
+
+def test_demo_with_a_bad_config_exits_2(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[runtime]\nmax_concurrent_agents = -3\n")
+    p = run("demo", "--config", str(f), env=clean_env())
+    assert p.returncode == 2
+    assert "ConfigError" in p.stderr and "runtime.max_concurrent_agents" in p.stderr
+
+
+def test_config_check_prints_the_effective_config(tmp_path):
+    f = tmp_path / "ok.toml"
+    f.write_text("[runtime]\nmax_concurrent_agents = 12\n")
+    env = clean_env() | {"SYMBI_MCP__TOOL_VERIFICATION": "warn"}
+    p = run("config", "check", str(f), env=env)
+    assert p.returncode == 0, p.stderr
+    assert "max_concurrent_agents = 12" in p.stdout
+    assert 'tool_verification = "warn"' in p.stdout
+    # What it prints is itself a valid config with the same meaning.
+    body = "\n".join(line for line in p.stdout.splitlines() if not line.startswith("# effective"))
+    assert symbi.Config.from_toml(body).runtime.max_concurrent_agents == 12
+
+
+def test_config_check_reports_the_error(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[mcp]\ntool_verification = 'sometimes'\n")
+    p = run("config", "check", str(f), env=clean_env())
+    assert p.returncode == 2
+    assert str(f) in p.stderr
+    assert "mcp.tool_verification" in p.stderr and "strict" in p.stderr
+    assert p.stdout == ""
+
+
+def test_config_check_missing_file(tmp_path):
+    p = run("config", "check", str(tmp_path / "absent.toml"), env=clean_env())
+    assert p.returncode == 2
+    assert "does not exist" in p.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["frobnicate"], ["config"], ["config", "check"], ["demo", "--bogus"], ["bench", "--only"]],
+)
+def test_bad_arguments_exit_2_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as ei:
+        main(argv)
+    assert ei.value.code == 2
+    assert "usage: symbi" in capsys.readouterr().err
+
+
+def test_bench_unknown_area_is_rejected(capsys):
+    rc = main(["bench", "--only", "nonsense", "--dir", str(ROOT / "benches")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "nonsense" in err and "audit" in err
+
+
+def test_bench_without_suites_says_where_to_run(tmp_path, capsys):
+    rc = main(["bench", "--dir", str(tmp_path)])
+    assert rc == 2
+    assert "bench_*.py" in capsys.readouterr().err
+
+
+def test_bench_quick_writes_honest_rows(tmp_path):
+    out = tmp_path / "rows.json"
+    p = run("bench", "--quick", "--only", "audit", "--json", str(out), cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert rows, "no rows"
+    keys = {"metric", "unit", "symbi", "peer", "peer_value", "ratio", "seed_target", "goal"}
+    for row in rows:
+        assert set(row) == keys
+    chain = next(r for r in rows if r["metric"].startswith("audit chain hashing"))
+    assert chain["peer"] and chain["symbi"] > 0 and chain["peer_value"] > 0
+    assert chain["ratio"] == pytest.approx(chain["symbi"] / chain["peer_value"])
