@@ -95,6 +95,15 @@ class RuntimeConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=T
     #: ``embedded``: everything in this process. ``distributed``: agents span processes.
     mode: Literal["embedded", "distributed"] = "embedded"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    #: How the scheduler picks a worker slot: first_fit, best_fit, or priority (best fit
+    #: with a share of every slot reserved for critical agents).
+    placement: Literal["first_fit", "best_fit", "priority"] = "best_fit"
+    load_balancing: Literal["least_loaded", "round_robin", "weighted"] = "least_loaded"
+    #: Seconds of waiting worth one priority level, so low priorities never starve.
+    aging_s: Annotated[float, Meta(gt=0, le=86_400)] = 5.0
+    preemption: bool = True
+    #: When an agent's mailbox is full: the sender waits (up to its timeout) or fails.
+    full_mailbox: Literal["wait", "fail"] = "wait"
 
 
 class SecurityConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -109,6 +118,10 @@ class SecurityConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=
     crypto_provider: Literal["rustcrypto", "ring"] = "rustcrypto"
     #: Directory of the durable audit store; unset keeps the trail in memory.
     audit_storage: Optional[str] = None
+    #: With enforcement on, register the baseline policy that allows creating agents,
+    #: their resource requests and messaging; everything else (tools, data, network)
+    #: still needs a policy of yours. Off: start from deny-all.
+    baseline_policy: bool = True
 
     def __post_init__(self) -> None:
         if self.audit_storage is not None and not self.audit_storage.strip():
@@ -164,6 +177,8 @@ _NAMED_ENV = {
 _NORMALIZE: dict[tuple[str, str], Callable[[str], str]] = {
     ("runtime", "log_level"): lambda v: v.lower(),
     ("runtime", "mode"): lambda v: v.lower(),
+    ("runtime", "placement"): lambda v: v.lower().replace("-", "_"),
+    ("runtime", "load_balancing"): lambda v: v.lower().replace("-", "_"),
     ("security", "crypto_provider"): lambda v: v.lower(),
     ("security", "default_sandbox_tier"): lambda v: {"tier1": "Tier1", "tier2": "Tier2"}.get(
         v.lower(), v.lower()

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 __all__ = [
     "AuditIntegrityError",
+    "AuditStorageError",
     "ComponentError",
     "ConfigError",
     "DecryptError",
@@ -28,6 +29,7 @@ __all__ = [
     "SignatureError",
     "SymbiError",
     "ToolVerificationError",
+    "VectorIndexError",
 ]
 
 
@@ -223,7 +225,8 @@ class SandboxError(SymbiError):
 
 class AuditIntegrityError(SymbiError):
     """The audit trail failed verification. ``sequence`` is the first bad event and
-    ``kind`` says what is wrong with it: ``signature``, ``link``, ``missing`` or ``order``."""
+    ``kind`` says what is wrong with it: ``signature``, ``link``, ``missing``, ``order``,
+    ``corrupt`` (damaged bytes on disk) or ``inclusion`` (a proof that does not verify)."""
 
     def __init__(
         self, message: str, *, sequence: Optional[int] = None, kind: Optional[str] = None
@@ -231,6 +234,14 @@ class AuditIntegrityError(SymbiError):
         super().__init__(message)
         self.sequence = sequence
         self.kind = kind
+
+
+class AuditStorageError(SymbiError):
+    """The audit store or its key files could not be read or written; ``path`` says which."""
+
+    def __init__(self, message: str, *, path: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class ToolVerificationError(SymbiError):
@@ -248,3 +259,29 @@ class ToolVerificationError(SymbiError):
         self.tool = tool
         self.server = server
         self.reason = reason
+
+
+class VectorIndexError(SymbiError, ValueError):
+    """The vector index refused a call or could not read/write its files.
+
+    ``argument`` names the offending parameter (``vectors``, ``queries``, ``ids``, ``k``,
+    ``ef``, ``filter``, ``metadata``...), ``id`` the unknown or duplicate id, ``expected``
+    and ``got`` describe a bad value, and ``path`` the file for storage errors.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        argument: Optional[str] = None,
+        id: Optional[int] = None,
+        expected: Optional[str] = None,
+        got: Any = None,
+        path: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.argument = argument
+        self.id = id
+        self.expected = expected
+        self.got = got
+        self.path = path

@@ -14,21 +14,36 @@ import logging
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import anyio
 from anyio.abc import TaskGroup
 
 from . import _core
+from .audit import AuditLog
 from .components import Component, ComponentHealth, HealthStatus, Housekeeper
 from .config import Config
 from .errors import ComponentError, InvalidArgument, RuntimeStateError
+from .host import AgentFactory, AgentHandle, AgentHost, SystemStatus, default_slots, wait_reply
+from .lifecycle import AgentState, LifecycleController
+from .message import Message
+from .policy import PolicyEngine
+from .resources import AgentUsage
+from .scheduler import Scheduler
 
 __all__ = ["Runtime", "RuntimeState"]
 
 log = logging.getLogger("symbi.runtime")
 
 RuntimeState = Literal["new", "starting", "running", "stopping", "closed"]
+
+#: Registered when ``security.baseline_policy`` is on: the runtime's own operations are
+#: allowed; tool calls, data access and network access need explicit policies.
+BASELINE_POLICY = """
+policy symbi_baseline {
+    allow: [create_agent, request_resources, send, request, publish, subscribe]
+}
+"""
 
 #: How long one component may take to start before the runtime gives up on it.
 START_TIMEOUT_S = 30.0
@@ -64,7 +79,35 @@ class Runtime:
         self._config = config
         self._start_timeout = start_timeout
         self.housekeeper = Housekeeper(config.runtime.gc_interval_ms / 1000)
-        self._components: list[Component] = [self.housekeeper]
+        #: The audit trail (``security.audit_enabled``/``audit_storage``); None when disabled.
+        self.audit: Optional[AuditLog] = AuditLog.from_config(config.security)
+        #: Decides every guarded action; ``security.enforce_policies`` sets its default.
+        self.policy = PolicyEngine(
+            enforce_policies=config.security.enforce_policies, audit_sink=self.audit
+        )
+        rc = config.runtime
+        #: Decides which agent runs next and where (Rust core).
+        self.scheduler = Scheduler(
+            default_slots(rc.scheduler_threads),
+            strategy=rc.placement,
+            balancing=rc.load_balancing,
+            aging_s=rc.aging_s,
+            preemption=rc.preemption,
+        )
+        self._host = AgentHost(
+            max_agents=rc.max_concurrent_agents,
+            mailbox_size=rc.message_buffer_size,
+            scheduler=self.scheduler,
+            policy=self.policy,
+            audit=self.audit,
+            full_mailbox=rc.full_mailbox,
+        )
+        self._host._runtime_api = self
+        if config.security.baseline_policy:
+            self.policy.register(BASELINE_POLICY)
+        self._components: list[Component] = [self.housekeeper, self.policy, self._host]
+        if self.audit is not None:  # first, so it starts first and stops (flushes) last
+            self._components.insert(0, self.audit)
         for c in components:
             if not isinstance(c, Component):
                 raise InvalidArgument(
@@ -127,6 +170,64 @@ class Runtime:
                 f"the runtime is {self._state}; "
                 "use it inside `async with symbi.Runtime(...) as rt:`"
             )
+
+    # ----------------------------------------------------------------- agents
+    @property
+    def lifecycle(self) -> LifecycleController:
+        """Every agent's state; ``rt.lifecycle.subscribe(fn)`` observes transitions."""
+        return self._host.lifecycle
+
+    async def spawn(self, agent: AgentFactory, **spec: Any) -> AgentHandle:
+        """Create an agent: ``await rt.spawn(Planner, name="planner", priority=Priority.HIGH,
+        limits=ResourceLimits(...), capabilities=[...], on_timeout="ready")``. Creation and
+        the resources it asks for are checked by the policy engine."""
+        self._require_running()
+        return await self._host.spawn(agent, **spec)
+
+    async def send(
+        self, msg: Message, *, to: str, timeout: float = 5.0, sender: Optional[str] = None
+    ) -> None:
+        """Queue ``msg`` for agent ``to`` (id or name). Waits up to ``timeout`` for mailbox
+        space; raises DeliveryError when it cannot be delivered (and dead-letters it)."""
+        self._require_running()
+        await self._host.deliver(msg, to, sender=sender, timeout=timeout, want_reply=False)
+
+    async def request(
+        self, to: str, msg: Message, *, timeout: float = 5.0, sender: Optional[str] = None
+    ) -> Any:
+        """Send ``msg`` and wait for the handler's return value; RequestTimeout after
+        ``timeout`` seconds. The handler's exception, if any, is raised here."""
+        self._require_running()
+        start = time.monotonic()
+        reply = await self._host.deliver(msg, to, sender=sender, timeout=timeout, want_reply=True)
+        assert reply is not None
+        left = max(0.0, timeout - (time.monotonic() - start))
+        return await wait_reply(reply, recipient=to, timeout=left, total=timeout)
+
+    def state_of(self, agent: str) -> AgentState:
+        return self._host.state(agent)
+
+    def usage(self, agent: str) -> AgentUsage:
+        return self._host.usage(agent)
+
+    def agents(self) -> list[AgentHandle]:
+        return self._host.handles()
+
+    def resume(self, agent: str, reason: str = "policy cleared") -> None:
+        self._require_running()
+        self._host.resume(agent, reason)
+
+    async def terminate(self, agent: str, reason: str = "manual override") -> None:
+        self._require_running()
+        await self._host.terminate(agent, reason)
+
+    @property
+    def dead_letters(self) -> list[tuple[str, str, str]]:
+        return self._host.dead_letters
+
+    def status(self) -> SystemStatus:
+        """Agents by state, scheduler queues, utilisation and decision latency."""
+        return self._host.status()
 
     def health(self) -> HealthStatus:
         comps: dict[str, ComponentHealth] = {}

@@ -4,7 +4,11 @@
 //! those enums into Python exceptions (the classes live in `symbi.errors`).
 
 pub mod audit;
+pub mod crypto;
 pub mod errors;
+pub mod policy;
+pub mod scheduler;
+pub mod vector;
 
 use pyo3::prelude::*;
 
@@ -16,7 +20,22 @@ mod _core {
     use pyo3::types::PyDict;
 
     #[pymodule_export]
+    use crate::audit::py::{
+        audit_key_id, audit_query_dir, audit_verify_checkpoint, audit_verify_dir,
+        audit_verify_event, audit_verify_inclusion, AuditStore,
+    };
+    #[pymodule_export]
     use crate::audit::py::{chain_hashes, chain_link, verify_chain};
+    #[pymodule_export]
+    use crate::crypto::py::{parse_envelope, BusKeyRing};
+    #[pymodule_export]
+    use crate::scheduler::py::SchedulerCore;
+    #[pymodule_export]
+    use crate::vector::py::VectorIndexCore;
+    #[pymodule_export]
+    use crate::policy::py::{
+        Allow, AllowWithConditions, Condition, Deny, Policy, PolicyEngineCore,
+    };
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -30,7 +49,14 @@ mod _core {
     fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("version", env!("CARGO_PKG_VERSION"))?;
-        d.set_item("profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+        d.set_item(
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        )?;
         d.set_item("target_arch", std::env::consts::ARCH)?;
         d.set_item("target_os", std::env::consts::OS)?;
         d.set_item("abi3", true)?;

@@ -46,12 +46,49 @@ def test_version(capsys):
     assert symbi.__version__ in out and "abi3" in out and "CPython" in out
 
 
-def test_demo_runs_the_main_job():
-    p = run("demo", env=clean_env())
+def test_demo_runs_the_main_job(tmp_path):
+    audit = tmp_path / "trail"
+    p = run("demo", "--audit-dir", str(audit), env=clean_env())
     assert p.returncode == 0, p.stderr
-    assert "runtime" in p.stdout and "health       ok" in p.stdout
-    assert "tampered copy caught at seq 42" in p.stdout
-    assert "shutdown" in p.stdout
+    out = p.stdout
+    assert "3 agents ran 12 tasks" in out
+    assert "denied network_access to exfil.example.com" in out
+    assert "health        ok" in out
+    assert f"verified from {audit}" in out
+    # The trail it wrote verifies on its own, queries, and reports.
+    v = run("audit", "verify", str(audit), env=clean_env())
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert v.stdout.startswith(f"OK {audit}:")
+    q = run(
+        "audit", "query", str(audit), "--type", "policy.denied", "--format", "json", env=clean_env()
+    )
+    assert q.returncode == 0, q.stderr
+    denials = json.loads(q.stdout)
+    assert denials and all(d["event_type"] == "policy.denied" for d in denials)
+    r = run(
+        "audit", "report", str(audit), "--framework", "hipaa", "--format", "html", env=clean_env()
+    )
+    assert r.returncode == 0, r.stderr
+    assert "<svg" in r.stdout and "HIPAA" in r.stdout
+
+
+def test_audit_verify_names_the_first_bad_event(tmp_path):
+    audit = tmp_path / "trail"
+    assert run("demo", "--audit-dir", str(audit), env=clean_env()).returncode == 0
+    seg = sorted(audit.glob("*.seg"))[0]
+    data = bytearray(seg.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    v = run("audit", "verify", str(audit), env=clean_env())
+    assert v.returncode == 1
+    assert "first bad event at sequence" in v.stdout
+
+
+def test_audit_commands_reject_bad_input(tmp_path):
+    p = run("audit", "verify", str(tmp_path / "missing"), env=clean_env())
+    assert p.returncode == 2 and "not a directory" in p.stderr
+    p = run("audit", "query", str(tmp_path), "--since", "yesterday-ish", env=clean_env())
+    assert p.returncode == 2 and "ISO 8601" in p.stderr
 
 
 def test_demo_with_a_bad_config_exits_2(tmp_path):

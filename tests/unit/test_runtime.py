@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import anyio
 import pytest
 from anyio.abc import TaskGroup
@@ -7,6 +9,9 @@ from anyio.abc import TaskGroup
 import symbi
 from symbi import ComponentHealth, Config, RuntimeConfig
 from symbi.errors import ComponentError, InvalidArgument, RuntimeStateError
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 pytestmark = pytest.mark.anyio
 
@@ -182,3 +187,16 @@ def test_bad_arguments_are_invalid_argument():
         symbi.Runtime(start_timeout=0)
     with pytest.raises(InvalidArgument, match="no component named"):
         symbi.Runtime().component("nope")
+
+
+async def test_a_crashing_background_task_surfaces_and_stops_the_runtime():
+    class Crasher(Recorder):
+        async def _background(self) -> None:
+            raise RuntimeError("worker died")
+
+    journal: list[str] = []
+    with pytest.raises(BaseExceptionGroup) as ei:
+        async with symbi.Runtime(fast_config(), components=[Crasher("w", journal)]):
+            await anyio.sleep_forever()  # cancelled by the crash, not left hanging
+    assert ei.group_contains(RuntimeError, match="worker died")
+    assert journal == ["start w", "stop w"]

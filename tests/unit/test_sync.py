@@ -26,7 +26,7 @@ def test_sync_runtime_can_outlive_a_notebook_cell():
             await anyio.lowlevel.checkpoint()
             return [c.name for c in inner.components]
 
-        assert rt.call(components) == ["housekeeper"]
+        assert "housekeeper" in rt.call(components)
     finally:
         rt.close()  # cell 3
     rt.close()  # idempotent

@@ -134,12 +134,60 @@ def _print_table(rows: list[BenchRow]) -> None:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
 
 
+def criterion_rows(criterion_dir: Path) -> list[BenchRow]:
+    """Rows from criterion's ``new/estimates.json`` files (Rust micro-benches). They have
+    no peer: Rust-side peers are compared in the Python suites, on the same data."""
+    rows = []
+    for est in sorted(criterion_dir.glob("**/new/estimates.json")):
+        bench_id = est.parent.parent.relative_to(criterion_dir).as_posix()
+        if bench_id.startswith("report"):
+            continue
+        ns = float(json.loads(est.read_text())["median"]["point_estimate"])
+        rows.append(
+            BenchRow(
+                metric=f"criterion {bench_id}",
+                unit="ns/iter",
+                symbi=ns,
+                peer=None,
+                peer_value=None,
+                ratio=None,
+            )
+        )
+    return rows
+
+
+def _run_criterion(root: Path, quick: bool) -> list[BenchRow]:
+    manifest = root.parent / "Cargo.toml"
+    if not manifest.exists():
+        raise InvalidArgument(
+            f"--rust needs the source checkout's Cargo.toml next to {root}",
+            argument="--rust",
+            expected="a source checkout with cargo installed",
+        )
+    target = root.parent / "target"
+    cmd = ["cargo", "bench", "--locked", "--benches", "--manifest-path", str(manifest), "--"]
+    if quick:
+        cmd += ["--warm-up-time", "0.2", "--measurement-time", "0.5", "--sample-size", "10"]
+    try:
+        proc = subprocess.run(cmd, check=False)
+    except FileNotFoundError:
+        raise InvalidArgument(
+            "--rust needs cargo on PATH (https://rustup.rs)",
+            argument="--rust",
+            expected="cargo installed",
+        ) from None
+    if proc.returncode != 0:
+        return []
+    return criterion_rows(target / "criterion")
+
+
 def run_bench(
     *,
     quick: bool = False,
     only: Optional[str] = None,
     json_out: Optional[str] = None,
     benches_dir: Optional[str] = None,
+    rust: bool = False,
 ) -> int:
     try:
         import pytest_benchmark  # noqa: F401
@@ -196,6 +244,12 @@ def run_bench(
             return 1
         report = json.loads(report_path.read_text())
     rows = collect_rows(report)
+    if rust:
+        crit = _run_criterion(root, quick)
+        if not crit:
+            print("symbi bench: the criterion run failed", file=sys.stderr)
+            return 1
+        rows += crit
     if not rows:
         print("symbi bench: the run produced no rows", file=sys.stderr)
         return 1

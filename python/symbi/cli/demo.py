@@ -1,59 +1,146 @@
 """``symbi demo``: the main job on embedded defaults, as a short readable summary.
 
-It grows as capabilities land; each step prints one line and fails loudly.
+Every step uses the public API and fails loudly; the audit trail written along the way is
+verified from disk at the end.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 import anyio
+import msgspec
 
 import symbi
-from symbi.audit import GENESIS, chain_hashes, verify_chain
-from symbi.errors import AuditIntegrityError
+from symbi.audit import verify_dir
+from symbi.errors import PolicyDenied
 
 __all__ = ["run_demo"]
 
+# The demo's rules, in the Symbiont policy DSL: who may do what, and under which conditions.
+DEMO_POLICY = """
+policy demo_guardrails {
+    allow: [create_agent, request_resources, send, request, publish, subscribe]
+    deny: [network_access] if resource in ["exfil.example.com"]
+    allow: [network_access] if resource == "api.partner.example"
+    require: { encryption: "aes256", rate_limit: 1000 }
+    audit: { log_level: "info" }
+}
+"""
+
 
 def _line(label: str, text: str) -> None:
-    print(f"  {label:<12} {text}")
+    print(f"  {label:<13} {text}")
+
+
+class Task(symbi.Message):
+    """A unit of work for the demo's workers."""
+
+    job: str
+    size: int
+
+
+class Done(symbi.Message):
+    job: str
+    worker: str
+    result: int
+
+
+class Worker(symbi.Agent):
+    @symbi.handler
+    async def on_task(self, msg: Task, ctx: symbi.Context) -> Done:
+        await anyio.sleep(0.001 * msg.size)  # stands in for real work
+        return Done(job=msg.job, worker=self.name, result=msg.size * msg.size)
 
 
 async def _demo(config: symbi.Config) -> int:
     t0 = time.perf_counter()
     async with symbi.Runtime(config) as rt:
-        started_ms = (time.perf_counter() - t0) * 1000
         names = ", ".join(c.name for c in rt.components)
-        _line("runtime", f"started in {started_ms:.1f} ms (components: {names})")
+        _line("runtime", f"started in {(time.perf_counter() - t0) * 1000:.1f} ms ({names})")
+        rt.policy.register(DEMO_POLICY)
+
+        # Agents at three priorities, scheduled by the Rust core.
+        agents = [
+            await rt.spawn(
+                Worker,
+                name="critical-worker",
+                priority=symbi.Priority.CRITICAL,
+                limits=symbi.ResourceLimits(memory_mb=64, execution_timeout=5),
+            ),
+            await rt.spawn(
+                Worker,
+                name="normal-worker",
+                priority=symbi.Priority.NORMAL,
+                limits=symbi.ResourceLimits(memory_mb=64, execution_timeout=5),
+            ),
+            await rt.spawn(
+                Worker,
+                name="batch-worker",
+                priority=symbi.Priority.BATCH,
+                limits=symbi.ResourceLimits(memory_mb=64, execution_timeout=5),
+            ),
+        ]
+        results: list[Any] = []
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                a = agents[i % 3]
+
+                async def ask(a: Any = a, i: int = i) -> None:
+                    results.append(
+                        await rt.request(a.id, Task(job=f"job-{i}", size=i % 4 + 1), timeout=10)
+                    )
+
+                tg.start_soon(ask)
+        st = rt.status()
+        _line(
+            "scheduler",
+            f"{len(agents)} agents ran {len(results)} tasks; decisions p50 "
+            f"{st.scheduler.decision_p50_us:.1f} µs, p99 {st.scheduler.decision_p99_us:.1f} µs",
+        )
+
+        # A policy denial: the engine fails closed and says why.
+        request = symbi.PolicyRequest(
+            principal=agents[1].id, action="network_access", resource="exfil.example.com"
+        )
+        try:
+            rt.policy.enforce(request)
+        except PolicyDenied as e:
+            _line("policy", f"denied network_access to exfil.example.com: {e.decision.reason}")
+        else:
+            _line("policy", "FAILED: exfiltration was allowed")
+            return 1
+        ok = rt.policy.evaluate(
+            symbi.PolicyRequest(
+                principal=agents[1].id, action="network_access", resource="api.partner.example"
+            )
+        )
+        _line("", f"allowed network_access to api.partner.example with {type(ok).__name__}")
+
         health = rt.health()
-        _line("health", f"{health.status} (version {health.version})")
+        _line("health", health.status)
         if health.status != "ok":
             return 1
-
-        events = [f'{{"seq":{i},"agent":"demo","event":"tick"}}'.encode() for i in range(100)]
-        hashes = chain_hashes(GENESIS, 0, events)
-        verify_chain(GENESIS, 0, events, hashes)
-        tampered = list(events)
-        tampered[42] = tampered[42].replace(b"tick", b"tock")
-        try:
-            verify_chain(GENESIS, 0, tampered, hashes)
-        except AuditIntegrityError as e:
-            _line(
-                "audit chain",
-                f"{len(events)} events hashed and verified; "
-                f"tampered copy caught at seq {e.sequence}",
-            )
-        else:
-            _line("audit chain", "FAILED: a tampered copy verified")
-            return 1
-        t1 = time.perf_counter()
-    _line("shutdown", f"clean in {(time.perf_counter() - t1) * 1000:.1f} ms")
+    audit_dir = config.security.audit_storage
+    if audit_dir is not None:
+        report = verify_dir(audit_dir)
+        _line(
+            "audit",
+            f"{report.events} signed, hash-chained events verified from {audit_dir} "
+            f"(key {report.key_id})",
+        )
     return 0
 
 
-def run_demo(config_path: Optional[str] = None) -> int:
+def run_demo(config_path: Optional[str] = None, audit_dir: Optional[str] = None) -> int:
     config = symbi.Config.load(config_path)
     print(f"symbi {symbi.__version__} demo (embedded, {config.runtime.mode} mode)")
-    return anyio.run(_demo, config)
+    with tempfile.TemporaryDirectory(prefix="symbi-demo-") as tmp:
+        target = audit_dir or config.security.audit_storage or str(Path(tmp) / "audit")
+        security = msgspec.structs.replace(
+            config.security, audit_enabled=True, audit_storage=target
+        )
+        return anyio.run(_demo, config.replace(security=security))

@@ -39,13 +39,31 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(config_path=args.config)
+    return run_demo(config_path=args.config, audit_dir=args.audit_dir)
+
+
+def _cmd_policy_check(args: argparse.Namespace) -> int:
+    from symbi.policy import load_file
+
+    failed = 0
+    for f in args.files:
+        try:
+            policies = load_file(f)
+        except SymbiError as e:
+            print(f"{e}", file=sys.stderr)
+            failed += 1
+            continue
+        names = ", ".join(p.name for p in policies)
+        print(f"ok {f}: {len(policies)} policies ({names})")
+    return 1 if failed else 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    return run_bench(quick=args.quick, only=args.only, json_out=args.json, benches_dir=args.dir)
+    return run_bench(
+        quick=args.quick, only=args.only, json_out=args.json, benches_dir=args.dir, rust=args.rust
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the main job on embedded defaults")
     d.add_argument("--config", metavar="FILE", help="a TOML config (default: built-in defaults)")
+    d.add_argument("--audit-dir", metavar="DIR", help="write the demo's audit trail to DIR")
     d.set_defaults(func=_cmd_demo)
 
     c = sub.add_parser("config", help="configuration tools")
@@ -72,7 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", metavar="AREA", help="one area, e.g. audit")
     b.add_argument("--json", metavar="FILE", help="write the rows to FILE as JSON")
     b.add_argument("--dir", metavar="DIR", help="the benches directory (default: ./benches)")
+    b.add_argument("--rust", action="store_true", help="also run the criterion benches (cargo)")
     b.set_defaults(func=_cmd_bench)
+
+    from . import audit as audit_cli
+
+    audit_cli.add_parser(sub)
+
+    pc = sub.add_parser("policy", help="policy tools")
+    psub = pc.add_subparsers(dest="policy_command", metavar="ACTION")
+    psub.required = True
+    pcc = psub.add_parser("check", help="parse policy files (.symbi, .policy, .toml, .json)")
+    pcc.add_argument("files", nargs="+", metavar="FILE")
+    pcc.set_defaults(func=_cmd_policy_check)
     return p
 
 

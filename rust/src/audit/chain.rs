@@ -146,7 +146,10 @@ mod tests {
     fn bad_inputs_are_typed_errors() {
         assert_eq!(
             to_hash(b"short"),
-            Err(AuditError::BadHashLength { expected: 32, got: 5 })
+            Err(AuditError::BadHashLength {
+                expected: 32,
+                got: 5
+            })
         );
         assert!(matches!(
             first_mismatch(&GENESIS, 0, &sample(), &[[0u8; 32]]),

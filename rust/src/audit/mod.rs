@@ -1,8 +1,59 @@
-//! Audit trail primitives. Today: the hash chain that links every audit event to the one
-//! before it. Signing, segment storage and Merkle checkpoints build on this.
+//! The tamper-evident audit trail.
+//!
+//! - [`chain`]: the SHA-256 hash chain linking each event to the one before it.
+//! - [`event`]: the canonical byte encoding of an event (what the chain and signatures cover).
+//! - [`keys`]: the Ed25519 signer, its key files, and batch signature verification.
+//! - [`segment`]: record framing (length + CRC32) and segment-file scanning.
+//! - [`merkle`]: RFC 6962 Merkle tree heads and inclusion proofs over chain hashes.
+//! - [`store`]: the durable append-only store (group commit, torn-tail repair, checkpoints,
+//!   verification, queries).
+//! - [`py`]: the Python bindings.
+//!
+//! All of them share the one error enum below.
 
 pub mod chain;
+pub mod event;
+pub mod keys;
+pub mod merkle;
 pub mod py;
+pub mod segment;
+pub mod store;
+
+/// What is wrong with the first bad event found by verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntegrityKind {
+    /// The Ed25519 signature does not verify (or was made by another key).
+    Signature,
+    /// The chain hash does not match the event and the event before it.
+    Link,
+    /// The event with this sequence number is absent.
+    Missing,
+    /// An event appears out of order, or twice.
+    Order,
+    /// The bytes on disk are damaged (bad CRC, truncated or unparseable record).
+    Corrupt,
+    /// An inclusion proof does not lead to the checkpoint's root.
+    Inclusion,
+}
+
+impl IntegrityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IntegrityKind::Signature => "signature",
+            IntegrityKind::Link => "link",
+            IntegrityKind::Missing => "missing",
+            IntegrityKind::Order => "order",
+            IntegrityKind::Corrupt => "corrupt",
+            IntegrityKind::Inclusion => "inclusion",
+        }
+    }
+}
+
+impl std::fmt::Display for IntegrityKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Everything that can go wrong in the audit module.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -13,4 +64,40 @@ pub enum AuditError {
     LengthMismatch { payloads: usize, hashes: usize },
     #[error("sequence number overflows u64 after {first_seq} + {count}; start a new chain")]
     SequenceOverflow { first_seq: u64, count: usize },
+    #[error("invalid audit {field}: {detail}")]
+    BadInput { field: &'static str, detail: String },
+    #[error("audit integrity failure at sequence {seq} ({kind}): {detail}; restore the trail from a verified copy and investigate who changed it")]
+    Integrity {
+        seq: u64,
+        kind: IntegrityKind,
+        detail: String,
+    },
+    #[error("audit store {op} failed for {path}: {detail}")]
+    Io {
+        op: &'static str,
+        path: String,
+        detail: String,
+    },
+    #[error("audit key {path}: {detail}")]
+    Key { path: String, detail: String },
+    #[error("the audit store is closed{detail}; open a new AuditLog")]
+    Closed { detail: String },
+}
+
+impl AuditError {
+    pub(crate) fn io(op: &'static str, path: &std::path::Path, e: std::io::Error) -> Self {
+        AuditError::Io {
+            op,
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        }
+    }
+
+    pub(crate) fn integrity(seq: u64, kind: IntegrityKind, detail: impl Into<String>) -> Self {
+        AuditError::Integrity {
+            seq,
+            kind,
+            detail: detail.into(),
+        }
+    }
 }

@@ -1,0 +1,709 @@
+"""The agent host: spawns agents, keeps their mailboxes, and runs their tasks in the order
+and on the capacity the Rust scheduler decides.
+
+A *task* is one message handled by one agent. An agent handles its messages one at a time
+(actor semantics), so it has at most one task queued or running; when that task ends and
+more mail is waiting, the next one is submitted. Placement and preemption come from
+:class:`symbi.scheduler.Scheduler`: a preempted task is cancelled, its agent goes
+Running -> Suspended, the message goes back to the front of the mailbox, and the task runs
+again when the scheduler places it (Suspended -> Running).
+
+Enforcement points wired here: agent creation and resource requests (policy engine),
+execution timeouts, CPU share, memory caps and I/O buckets (resource manager), and
+lifecycle transitions (audited).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import os
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Iterable
+from contextlib import nullcontext, suppress
+from typing import Any, Callable, Literal, Optional, Protocol, Union
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+
+from .agent import Agent, Context, FunctionAgent
+from .components import ComponentHealth
+from .errors import (
+    DeliveryError,
+    IllegalTransition,
+    InvalidArgument,
+    RequestTimeout,
+    ResourceLimitExceeded,
+    RuntimeStateError,
+    SymbiError,
+)
+from .lifecycle import AgentState, LifecycleController, Transition
+from .message import Message
+from .policy.types import AuditSink, PolicyRequest, Principal, Resource
+from .resources import AgentUsage, Metered, ResourceAccount, ResourceLimits
+from .scheduler import Placement, Priority, Scheduler, SchedulerStatus, Slot
+
+__all__ = ["AgentHandle", "AgentHost", "SpawnError", "SystemStatus"]
+
+log = logging.getLogger("symbi.agents")
+
+AgentFactory = Union[type[Agent], Agent, Callable[[Any, Context], Awaitable[Any]]]
+OnTimeout = Literal["ready", "suspend"]
+
+
+class Enforcer(Protocol):
+    """What the host needs of the policy engine."""
+
+    def enforce(self, request: PolicyRequest) -> Any: ...
+
+
+class SpawnError(SymbiError):
+    """An agent failed while Initializing; it is left in the Failed state."""
+
+    def __init__(self, message: str, *, agent_id: str, name: str) -> None:
+        super().__init__(message)
+        self.agent_id = agent_id
+        self.name = name
+
+
+class AgentHandle(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``rt.spawn`` returns: the id to address the agent by, and its spec."""
+
+    id: str
+    name: str
+    priority: Priority
+    limits: ResourceLimits
+    capabilities: tuple[str, ...] = ()
+
+
+class SystemStatus(msgspec.Struct, frozen=True, kw_only=True):
+    agents: dict[str, int]
+    scheduler: SchedulerStatus
+    mailbox_depth: int
+    dead_letters: int
+    tasks_completed: int
+
+
+class _Reply:
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.value: Any = None
+        self.error: Optional[BaseException] = None
+
+
+class _Envelope:
+    __slots__ = ("msg", "reply", "sender", "size")
+
+    def __init__(self, msg: Message, sender: Optional[str], reply: Optional[_Reply], size: int):
+        self.msg = msg
+        self.sender = sender
+        self.reply = reply
+        self.size = size
+
+
+class _Record:
+    """One live agent. Kept small: 100k idle agents must fit in a few MB."""
+
+    __slots__ = (
+        "account",
+        "agent",
+        "capabilities",
+        "handle",
+        "id",
+        "mailbox",
+        "name",
+        "on_timeout",
+        "priority",
+        "running",
+        "scope",
+        "space",
+        "task_id",
+    )
+
+    def __init__(self, handle: AgentHandle, agent: Agent, on_timeout: OnTimeout) -> None:
+        self.handle = handle
+        self.id = handle.id
+        self.name = handle.name
+        self.agent = agent
+        self.priority = handle.priority
+        self.capabilities = handle.capabilities
+        self.account = ResourceAccount(handle.id, handle.limits)
+        self.on_timeout = on_timeout
+        self.mailbox: deque[_Envelope] = deque()
+        self.task_id: Optional[int] = None  # queued or running in the scheduler
+        self.running: Optional[_Envelope] = None
+        self.scope: Optional[anyio.CancelScope] = None
+        self.space: Optional[anyio.Event] = None  # set when a full mailbox frees a slot
+
+
+_PRIORITY_NAMES = {p.name.lower(): p for p in Priority}
+
+
+def _priority(value: Any) -> Priority:
+    if isinstance(value, Priority):
+        return value
+    if isinstance(value, str) and value.lower() in _PRIORITY_NAMES:
+        return _PRIORITY_NAMES[value.lower()]
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return Priority(value)
+        except ValueError:
+            pass
+    raise InvalidArgument(
+        f"unknown priority {value!r}; use symbi.Priority or one of {sorted(_PRIORITY_NAMES)}",
+        argument="priority",
+        expected=f"one of {sorted(_PRIORITY_NAMES)}",
+        got=value,
+    )
+
+
+def _timeout(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidArgument(
+            f"{name} must be a positive number of seconds, got {value!r}",
+            argument=name,
+            expected="> 0 seconds",
+            got=value,
+        )
+    return float(value)
+
+
+def default_slots(workers: int) -> list[Slot]:
+    """One worker slot per scheduler thread (or core), sharing physical memory."""
+    n = workers or os.cpu_count() or 1
+    try:
+        total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError, AttributeError):
+        total_mb = 4096.0
+    return [Slot(id=f"worker-{i}", memory_mb=total_mb / n, cpu_cores=1.0) for i in range(n)]
+
+
+class AgentHost:
+    """The runtime component that owns agents (``name = "agents"``)."""
+
+    name = "agents"
+
+    def __init__(
+        self,
+        *,
+        max_agents: int,
+        mailbox_size: int,
+        scheduler: Scheduler,
+        policy: Optional[Enforcer] = None,
+        audit: Optional[AuditSink] = None,
+        full_mailbox: Literal["wait", "fail"] = "wait",
+    ) -> None:
+        self.max_agents = max_agents
+        self.mailbox_size = mailbox_size
+        self.scheduler = scheduler
+        self.lifecycle = LifecycleController()
+        self._policy = policy
+        self._audit = audit
+        self._full_mailbox = full_mailbox
+        self._agents: dict[str, _Record] = {}
+        self._by_name: dict[str, str] = {}
+        self._by_task: dict[int, _Record] = {}
+        self._task_ids = itertools.count(1)
+        self._tg: Optional[TaskGroup] = None
+        self._dead: deque[tuple[str, str, str]] = deque(maxlen=10_000)
+        self._dead_count = 0
+        self._completed = 0
+        self._stopping = False
+        if audit is not None:
+            self.lifecycle.subscribe(self._audit_transition)
+
+    # -------------------------------------------------------------- component
+    async def start(self, task_group: TaskGroup) -> None:
+        self._tg = task_group
+
+    async def stop(self) -> None:
+        # Cancel running tasks, then terminate every agent.
+        self._stopping = True
+        for rec in list(self._agents.values()):
+            if rec.scope is not None:
+                rec.scope.cancel()
+        for rec in list(self._agents.values()):
+            await self._terminate(rec, "runtime shutdown", force=True)
+        self._tg = None
+
+    def health(self) -> ComponentHealth:
+        counts = self.lifecycle.counts()
+        detail = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        status: Literal["ok", "degraded"] = "degraded" if counts["failed"] else "ok"
+        return ComponentHealth(status=status, detail=detail or "no agents")
+
+    # ----------------------------------------------------------------- audit
+    def _record(self, event_type: str, agent_id: str, details: dict[str, Any]) -> None:
+        if self._audit is not None:
+            self._audit.record(event_type, agent_id, details)
+
+    def _audit_transition(self, t: Transition) -> None:
+        self._record(
+            "agent.lifecycle",
+            t.agent_id,
+            {"from": t.from_state.value, "to": t.to_state.value, "reason": t.reason},
+        )
+
+    # ------------------------------------------------------------------ spawn
+    async def spawn(
+        self,
+        agent: AgentFactory,
+        *,
+        name: Optional[str] = None,
+        priority: Any = Priority.NORMAL,
+        limits: Any = None,
+        capabilities: Iterable[str] = (),
+        on_timeout: OnTimeout = "ready",
+        start_timeout: float = 10.0,
+    ) -> AgentHandle:
+        if self._tg is None:
+            raise RuntimeStateError("spawn needs a running runtime: `async with symbi.Runtime()`")
+        prio = _priority(priority)
+        lim = ResourceLimits.parse(limits)
+        caps = tuple(capabilities)
+        if not all(isinstance(c, str) and c for c in caps):
+            raise InvalidArgument(
+                "capabilities must be non-empty strings",
+                argument="capabilities",
+                expected="iterable of str",
+                got=caps,
+            )
+        if on_timeout not in ("ready", "suspend"):
+            raise InvalidArgument(
+                "on_timeout must be 'ready' or 'suspend'",
+                argument="on_timeout",
+                expected="'ready' | 'suspend'",
+                got=on_timeout,
+            )
+        instance = self._instantiate(agent)
+        name = name or type(instance).__name__.lower()
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidArgument(
+                "name must be a non-empty string", argument="name", expected="str", got=name
+            )
+        if name in self._by_name:
+            raise InvalidArgument(
+                f"an agent named {name!r} is already running; names are unique",
+                argument="name",
+                expected="a unique name",
+                got=name,
+            )
+        live = len(self._agents)
+        if live >= self.max_agents:
+            raise ResourceLimitExceeded(
+                f"the runtime holds {live} agents, its max_concurrent_agents; terminate some "
+                "or raise [runtime] max_concurrent_agents",
+                resource="agents",
+                limit=float(self.max_agents),
+                used=float(live),
+            )
+        # Enforcement points: creating the agent, and the resources it asks for.
+        if self._policy is not None:
+            principal = Principal(
+                id=name, attrs={"capabilities": list(caps), "priority": prio.name.lower()}
+            )
+            self._policy.enforce(
+                PolicyRequest(
+                    principal=principal,
+                    action="create_agent",
+                    resource=Resource(id=name, attrs={"kind": type(instance).__name__}),
+                )
+            )
+            requested = {k: v for k, v in msgspec.structs.asdict(lim).items() if v is not None}
+            if requested:
+                self._policy.enforce(
+                    PolicyRequest(
+                        principal=principal,
+                        action="request_resources",
+                        resource=Resource(id=name, attrs=requested),
+                        context=requested,
+                    )
+                )
+        agent_id = f"{name}-{uuid.uuid4().hex[:12]}"
+        handle = AgentHandle(id=agent_id, name=name, priority=prio, limits=lim, capabilities=caps)
+        instance.id, instance.name = agent_id, name
+        rec = _Record(handle, instance, on_timeout)
+        self.lifecycle.register(agent_id)
+        self._agents[agent_id] = rec
+        self._by_name[name] = agent_id
+        self._record(
+            "agent.spawn",
+            agent_id,
+            {
+                "name": name,
+                "priority": prio.name.lower(),
+                "limits": msgspec.to_builtins(lim),
+                "capabilities": list(caps),
+            },
+        )
+        try:
+            with anyio.fail_after(_timeout("start_timeout", start_timeout)):
+                await instance.on_start()
+        except Exception as e:
+            self.lifecycle.transition(agent_id, AgentState.FAILED, f"on_start failed: {e!r}")
+            raise SpawnError(
+                f"agent {name!r} failed to initialise: {e!r}; it is Failed, "
+                f"terminate it with rt.terminate({agent_id!r})",
+                agent_id=agent_id,
+                name=name,
+            ) from e
+        self.lifecycle.transition(agent_id, AgentState.READY, "initialised")
+        return handle
+
+    @staticmethod
+    def _instantiate(agent: AgentFactory) -> Agent:
+        if isinstance(agent, Agent):
+            return agent
+        if inspect.isclass(agent) and issubclass(agent, Agent):
+            if not agent.handled_types():
+                raise InvalidArgument(
+                    f"{agent.__name__} has no @symbi.handler methods, so it can receive nothing",
+                    argument="agent",
+                    expected="an Agent subclass with handlers",
+                    got=agent.__name__,
+                )
+            return agent()
+        if inspect.iscoroutinefunction(agent):
+            return FunctionAgent(agent)
+        raise InvalidArgument(
+            f"cannot make an agent from {agent!r}; pass an Agent subclass, an Agent "
+            "instance, or an async function (msg, ctx)",
+            argument="agent",
+            expected="Agent subclass | Agent | async function",
+            got=type(agent).__name__,
+        )
+
+    # ---------------------------------------------------------------- lookups
+    def _rec(self, ref: str) -> _Record:
+        rec = self._agents.get(ref)
+        if rec is None and ref in self._by_name:
+            rec = self._agents.get(self._by_name[ref])
+        if rec is None:
+            raise DeliveryError(
+                f"no live agent {ref!r}; spawn it first, or check it was not terminated",
+                recipient=ref,
+                reason="unknown recipient",
+            )
+        return rec
+
+    def state(self, ref: str) -> AgentState:
+        return self.lifecycle.state(self._rec(ref).id)
+
+    def usage(self, ref: str) -> AgentUsage:
+        return self._rec(ref).account.usage
+
+    def handles(self) -> list[AgentHandle]:
+        return [r.handle for r in self._agents.values()]
+
+    # -------------------------------------------------------------- messaging
+    def _dead_letter(self, rec_id: str, msg: Message, reason: str) -> None:
+        self._dead.append((rec_id, type(msg).__name__, reason))
+        self._dead_count += 1
+        self._record("message.dead_letter", rec_id, {"type": type(msg).__name__, "reason": reason})
+
+    @property
+    def dead_letters(self) -> list[tuple[str, str, str]]:
+        """(recipient, message type, reason) of undeliverable messages, newest last."""
+        return list(self._dead)
+
+    async def deliver(
+        self,
+        msg: Message,
+        to: str,
+        *,
+        sender: Optional[str],
+        timeout: float,
+        want_reply: bool,
+    ) -> Optional[_Reply]:
+        if self._tg is None:
+            raise RuntimeStateError("the runtime is not running")
+        if not isinstance(msg, Message):
+            raise InvalidArgument(
+                f"messages are symbi.Message subclasses, got {type(msg).__name__}",
+                argument="msg",
+                expected="symbi.Message",
+                got=type(msg).__name__,
+            )
+        timeout = _timeout("timeout", timeout)
+        if not isinstance(to, str):
+            raise InvalidArgument(
+                "to must be an agent id or name", argument="to", expected="str", got=to
+            )
+        rec = self._rec(to)
+        state = self.lifecycle.state(rec.id)
+        if state in (AgentState.TERMINATED, AgentState.FAILED):
+            self._dead_letter(rec.id, msg, f"recipient is {state.value}")
+            raise DeliveryError(
+                f"agent {rec.name!r} is {state.value}; the message is in the dead-letter queue",
+                recipient=rec.id,
+                reason=state.value,
+            )
+        if rec.agent.resolve(msg) is None:
+            self._dead_letter(rec.id, msg, "no handler")
+            raise DeliveryError(
+                f"agent {rec.name!r} has no handler for {type(msg).__name__}; the message is "
+                "in the dead-letter queue",
+                recipient=rec.id,
+                reason="no handler",
+            )
+        try:
+            await self._wait_for_space(rec, timeout)
+        except TimeoutError:
+            raise DeliveryError(
+                f"agent {rec.name!r} kept a full mailbox ({self.mailbox_size} messages) for "
+                f"{timeout}s; the message was not accepted, retry or raise the timeout",
+                recipient=rec.id,
+                reason="mailbox full",
+            ) from None
+        size = len(msgspec.msgpack.encode(msg))
+        rec.account.charge_memory(size, f"{type(msg).__name__} message")
+        reply = _Reply() if want_reply else None
+        rec.mailbox.append(_Envelope(msg, sender, reply, size))
+        self._submit(rec)
+        return reply
+
+    async def _wait_for_space(self, rec: _Record, timeout: float) -> None:
+        with anyio.fail_after(timeout):
+            while len(rec.mailbox) >= self.mailbox_size:
+                if self._full_mailbox == "fail":
+                    raise DeliveryError(
+                        f"agent {rec.name!r} has a full mailbox ({self.mailbox_size} messages); "
+                        "retry later or raise [runtime] message_buffer_size",
+                        recipient=rec.id,
+                        reason="mailbox full",
+                    )
+                if rec.space is None:
+                    rec.space = anyio.Event()
+                await rec.space.wait()
+
+    def _submit(self, rec: _Record) -> None:
+        """Queue the agent's next task if it is idle and has mail."""
+        if rec.task_id is not None or not rec.mailbox:
+            return
+        if self.lifecycle.state(rec.id) is not AgentState.READY:
+            return
+        tid = next(self._task_ids)
+        lim = rec.handle.limits
+        self.scheduler.submit(
+            tid,
+            priority=rec.priority,
+            memory_mb=lim.memory_mb or 0.0,
+            cpu_cores=lim.cpu_cores or 0.0,
+        )
+        rec.task_id = tid
+        self._by_task[tid] = rec
+        self._pump()
+
+    def _pump(self) -> None:
+        """Start every task the scheduler places now."""
+        if self._tg is None or self._stopping:
+            return
+        for p in self.scheduler.schedule():
+            for victim in p.preempted:
+                self._preempt(victim)
+            rec = self._by_task.get(p.task_id)
+            if rec is None:  # cancelled meanwhile
+                self.scheduler.cancel(p.task_id)
+                continue
+            if rec.running is None:  # a resumed (preempted) task already holds its message
+                rec.running = rec.mailbox.popleft()
+                if rec.space is not None:  # a sender waits for room in the mailbox
+                    rec.space.set()
+                    rec.space = None
+            self._tg.start_soon(self._run, rec, p)
+
+    def _preempt(self, task_id: int) -> None:
+        rec = self._by_task.get(task_id)
+        if rec is not None and rec.scope is not None:
+            rec.scope.cancel()  # _run sees the cancellation and suspends the agent
+
+    async def _run(self, rec: _Record, placement: Placement) -> None:
+        tid = placement.task_id
+        if self._stopping or self._agents.get(rec.id) is not rec:
+            return  # terminated between placement and start
+        resumed = self.lifecycle.state(rec.id) is AgentState.SUSPENDED
+        env = rec.running
+        assert env is not None  # set when the task was placed
+        self.lifecycle.transition(
+            rec.id,
+            AgentState.RUNNING,
+            f"task {tid} on {placement.slot_id}" + (" (resumed)" if resumed else ""),
+        )
+        handler = rec.agent.resolve(env.msg)
+        assert handler is not None  # checked at delivery
+        ctx = Context(
+            agent_id=rec.id,
+            agent_name=rec.name,
+            sender=env.sender,
+            account=rec.account,
+            runtime=self._runtime_api,
+        )
+        limit = rec.handle.limits.execution_timeout
+        outcome: Literal["done", "timeout", "limit", "preempted", "error"] = "done"
+        error: Optional[BaseException] = None
+        value: Any = None
+        with anyio.CancelScope() as scope:
+            rec.scope = scope
+            try:
+                with anyio.fail_after(limit) if limit else nullcontext():
+                    value = await Metered(handler(env.msg, ctx), rec.account)
+            except TimeoutError:
+                outcome = "timeout"
+            except ResourceLimitExceeded as e:
+                outcome, error = "limit", e
+            except Exception as e:
+                outcome, error = "error", e
+        rec.scope = None
+        if self._agents.get(rec.id) is not rec:
+            return  # terminated while it ran; its requester already got DeliveryError
+        if scope.cancelled_caught:
+            if self._stopping or self.lifecycle.state(rec.id) is not AgentState.RUNNING:
+                return  # shutdown or termination in progress
+            outcome = "preempted"
+        rec.account.usage.tasks += 1
+        if outcome == "preempted":
+            # The scheduler already requeued the task; the message waits to be redone.
+            self.lifecycle.transition(
+                rec.id, AgentState.SUSPENDED, "preempted by a higher priority task"
+            )
+            self._record("agent.preempted", rec.id, {"task": tid})
+            return
+        rec.running = None
+        rec.account.release_memory(env.size)
+        if outcome == "timeout":
+            rec.account.usage.timeouts += 1
+            error = ResourceLimitExceeded(
+                f"agent {rec.name!r} exceeded its execution_timeout of {limit}s handling "
+                f"{type(env.msg).__name__}",
+                agent_id=rec.id,
+                resource="execution_timeout",
+                limit=limit,
+            )
+            self._record(
+                "resource.limit_exceeded", rec.id, {"resource": "execution_timeout", "limit": limit}
+            )
+        elif outcome == "limit":
+            assert isinstance(error, ResourceLimitExceeded)
+            self._record(
+                "resource.limit_exceeded",
+                rec.id,
+                {"resource": error.resource, "limit": error.limit, "used": error.used},
+            )
+        if env.reply is not None:
+            env.reply.value, env.reply.error = value, error
+            env.reply.done.set()
+        elif error is not None and outcome == "error":
+            log.error("agent %s failed handling %s: %r", rec.name, type(env.msg).__name__, error)
+        suspend = outcome == "limit" or (outcome == "timeout" and rec.on_timeout == "suspend")
+        if suspend:
+            self.lifecycle.transition(rec.id, AgentState.SUSPENDED, f"resource limit: {error}")
+        else:
+            self.lifecycle.transition(rec.id, AgentState.READY, f"task {tid} {outcome}")
+        self._completed += 1
+        self._finish_task(rec, tid)
+
+    def _finish_task(self, rec: _Record, tid: int) -> None:
+        self._by_task.pop(tid, None)
+        rec.task_id = None
+        with suppress(InvalidArgument):  # cancelled while it ran
+            self.scheduler.complete(tid)
+        self._submit(rec)
+        self._pump()
+
+    # ------------------------------------------------------------ management
+    def resume(self, ref: str, reason: str = "policy cleared") -> None:
+        """Suspended -> Running for an agent suspended by a limit or a policy; its queued
+        mail is then handled again."""
+        rec = self._rec(ref)
+        if self.lifecycle.state(rec.id) is not AgentState.SUSPENDED:
+            raise IllegalTransition(
+                f"agent {rec.name!r} is {self.lifecycle.state(rec.id).value}, not suspended",
+                agent_id=rec.id,
+                from_state=self.lifecycle.state(rec.id).value,
+                to_state=AgentState.RUNNING.value,
+            )
+        if rec.task_id is not None:
+            return  # preempted: the scheduler resumes it when capacity frees
+        # Resume through Running, as the machine requires, then back to Ready for new work.
+        self.lifecycle.transition(rec.id, AgentState.RUNNING, reason)
+        self.lifecycle.transition(rec.id, AgentState.READY, "resumed, idle")
+        self._submit(rec)
+
+    async def terminate(self, ref: str, reason: str = "manual override") -> None:
+        await self._terminate(self._rec(ref), reason, force=False)
+
+    async def _terminate(self, rec: _Record, reason: str, *, force: bool) -> None:
+        state = self.lifecycle.state(rec.id)
+        if state is AgentState.TERMINATED:
+            return
+        if state is AgentState.RUNNING:
+            if not force:
+                raise IllegalTransition(
+                    f"agent {rec.name!r} is running a task; Running -> Terminated is not "
+                    "allowed. Wait for the task, or suspend it first",
+                    agent_id=rec.id,
+                    from_state=state.value,
+                    to_state="terminated",
+                )
+            self.lifecycle.transition(rec.id, AgentState.SUSPENDED, "shutdown while running")
+        elif state is AgentState.INITIALIZING:
+            self.lifecycle.transition(rec.id, AgentState.FAILED, "terminated while initialising")
+        if rec.task_id is not None:
+            self.scheduler.cancel(rec.task_id)
+            self._by_task.pop(rec.task_id, None)
+            rec.task_id = None
+        self.lifecycle.transition(rec.id, AgentState.TERMINATED, reason)
+        pending = ([rec.running] if rec.running else []) + list(rec.mailbox)
+        rec.mailbox.clear()
+        rec.running = None
+        for env in pending:
+            self._dead_letter(rec.id, env.msg, f"recipient terminated: {reason}")
+            if env.reply is not None:
+                env.reply.error = DeliveryError(
+                    f"agent {rec.name!r} was terminated ({reason}) before handling the message",
+                    recipient=rec.id,
+                    reason="terminated",
+                )
+                env.reply.done.set()
+        if rec.space is not None:
+            rec.space.set()
+        self._by_name.pop(rec.name, None)
+        del self._agents[rec.id]
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await rec.agent.on_stop()
+            except Exception:
+                log.exception("agent %s on_stop failed", rec.name)
+        self.lifecycle.forget(rec.id)
+
+    def status(self) -> SystemStatus:
+        return SystemStatus(
+            agents=self.lifecycle.counts(),
+            scheduler=self.scheduler.status(),
+            mailbox_depth=sum(len(r.mailbox) for r in self._agents.values()),
+            dead_letters=self._dead_count,
+            tasks_completed=self._completed,
+        )
+
+    # Set by the runtime: what a handler's Context uses to send and request.
+    _runtime_api: Any = None
+
+
+async def wait_reply(reply: _Reply, *, recipient: str, timeout: float, total: float) -> Any:
+    with anyio.move_on_after(timeout):
+        await reply.done.wait()
+    if not reply.done.is_set():
+        raise RequestTimeout(
+            f"no reply from {recipient!r} within {total}s; the agent may be busy, "
+            "suspended or slow; raise the timeout or check rt.status()",
+            recipient=recipient,
+            timeout=total,
+        )
+    if reply.error is not None:
+        raise reply.error
+    return reply.value

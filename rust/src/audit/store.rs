@@ -1,0 +1,1254 @@
+//! The durable append-only audit store.
+//!
+//! A store lives in a directory (or in memory, for tests and ephemeral runtimes):
+//!
+//! ```text
+//! audit.key / audit.pub               the Ed25519 key pair (see keys.rs)
+//! 00000000000000000000.seg ...        segment files of framed event records (see segment.rs)
+//! checkpoints.log                     framed, signed Merkle tree heads
+//! ```
+//!
+//! **Group commit.** [`Store::append_batch`] takes many events at once: it numbers, chains
+//! and signs them (signing spread over the cores), writes them with one `write` and makes
+//! them durable with one `fdatasync` before it returns. The Python facade runs one batcher
+//! task that drains every append queued while the previous batch was syncing and hands the
+//! lot to one `append_batch` call with the GIL released. We batch on the Python side rather
+//! than with a Rust writer thread because the waiters are anyio tasks: resolving them from
+//! the event loop that owns them needs no cross-thread wake-ups, works the same on asyncio
+//! and trio, and the batch boundary falls naturally at "everything queued while the disk
+//! was busy", which is what group commit wants.
+//!
+//! **Recovery.** On open, a torn tail (a partial or bad frame with no good frame after it)
+//! at the end of the last segment or the checkpoint file is cut off and reported in
+//! [`OpenReport`]. Damage anywhere else is never repaired: it is counted in the report and
+//! [`verify`] names it.
+//!
+//! **Checkpoints.** Every `checkpoint_every` events (and on close) the store signs the
+//! RFC 6962 Merkle tree head over all chain hashes so far. Checkpoint body:
+//! `"symbi.audit.checkpoint.v1\0" || size u64 BE || root (32) || timestamp_ns i64 BE ||
+//! key_id len u16 BE || key_id || signature (64)`; the signature covers everything before it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
+
+use super::chain::{self, Hash, GENESIS, HASH_SIZE};
+use super::event::{self, Fields, Record};
+use super::merkle::{self, Compact};
+use super::segment::{self, Frame};
+use super::{keys, AuditError, IntegrityKind};
+
+pub const CHECKPOINT_FILE: &str = "checkpoints.log";
+pub const CHECKPOINT_DOMAIN: &[u8] = b"symbi.audit.checkpoint.v1\0";
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Roll to a new segment file once the current one would pass this many bytes.
+    pub segment_bytes: u64,
+    /// Cut a signed checkpoint every this many events (0: only on close and on demand).
+    pub checkpoint_every: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes: 64 << 20,
+            checkpoint_every: 1024,
+        }
+    }
+}
+
+/// One event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub agent_id: String,
+    pub event_type: String,
+    pub details: Vec<u8>,
+    pub timestamp_ns: i64,
+}
+
+/// One stored event with everything Python needs to show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub event_id: [u8; 16],
+    pub timestamp_ns: i64,
+    pub key_id: String,
+    pub agent_id: String,
+    pub event_type: String,
+    pub details: Vec<u8>,
+    pub prev: Hash,
+    pub chain: Hash,
+    pub sig: [u8; 64],
+}
+
+impl StoredEvent {
+    fn from_record(r: &Record<'_>, prev: Hash) -> Self {
+        let f = &r.fields;
+        StoredEvent {
+            seq: f.seq,
+            event_id: f.event_id,
+            timestamp_ns: f.timestamp_ns,
+            key_id: f.key_id.to_owned(),
+            agent_id: f.agent_id.to_owned(),
+            event_type: f.event_type.to_owned(),
+            details: f.details.to_vec(),
+            prev,
+            chain: r.chain,
+            sig: r.sig,
+        }
+    }
+}
+
+/// A signed Merkle tree head over the first `size` chain hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub size: u64,
+    pub root: Hash,
+    pub timestamp_ns: i64,
+    pub key_id: String,
+    pub sig: [u8; 64],
+}
+
+impl Checkpoint {
+    pub fn signed_bytes(size: u64, root: &Hash, timestamp_ns: i64, key_id: &str) -> Vec<u8> {
+        let mut b = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 50 + key_id.len());
+        b.extend_from_slice(CHECKPOINT_DOMAIN);
+        b.extend_from_slice(&size.to_be_bytes());
+        b.extend_from_slice(root);
+        b.extend_from_slice(&timestamp_ns.to_be_bytes());
+        b.extend_from_slice(&(key_id.len() as u16).to_be_bytes());
+        b.extend_from_slice(key_id.as_bytes());
+        b
+    }
+
+    fn new(sk: &SigningKey, key_id: &str, size: u64, root: Hash) -> Self {
+        let ts = now_ns();
+        let sig = keys::sign(sk, &Self::signed_bytes(size, &root, ts, key_id));
+        Checkpoint {
+            size,
+            root,
+            timestamp_ns: ts,
+            key_id: key_id.to_owned(),
+            sig,
+        }
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        let mut b = Self::signed_bytes(self.size, &self.root, self.timestamp_ns, &self.key_id);
+        b.extend_from_slice(&self.sig);
+        b
+    }
+
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        let n = body.len().checked_sub(64)?;
+        let (signed, sig) = body.split_at(n);
+        let rest = signed.strip_prefix(CHECKPOINT_DOMAIN)?;
+        if rest.len() < 50 {
+            return None;
+        }
+        let size = u64::from_be_bytes(rest[..8].try_into().ok()?);
+        let root: Hash = rest[8..40].try_into().ok()?;
+        let timestamp_ns = i64::from_be_bytes(rest[40..48].try_into().ok()?);
+        let klen = u16::from_be_bytes(rest[48..50].try_into().ok()?) as usize;
+        if rest.len() != 50 + klen {
+            return None;
+        }
+        let key_id = std::str::from_utf8(&rest[50..]).ok()?.to_owned();
+        Some(Checkpoint {
+            size,
+            root,
+            timestamp_ns,
+            key_id,
+            sig: sig.try_into().ok()?,
+        })
+    }
+
+    pub fn verify_signature(&self, vk: &VerifyingKey) -> bool {
+        self.key_id == keys::key_id(vk)
+            && vk
+                .verify(
+                    &Self::signed_bytes(self.size, &self.root, self.timestamp_ns, &self.key_id),
+                    &Signature::from_bytes(&self.sig),
+                )
+                .is_ok()
+    }
+}
+
+/// What opening a store found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    pub segments: usize,
+    pub events: u64,
+    pub checkpoints: usize,
+    /// Bytes cut off a torn tail, and the file they were cut from.
+    pub truncated_bytes: u64,
+    pub truncated_file: Option<String>,
+    /// Damaged regions that were left alone (verification will name them).
+    pub damaged_regions: usize,
+}
+
+/// Everything verification established about an intact trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub events: u64,
+    pub head: Hash,
+    pub segments: usize,
+    pub checkpoints: usize,
+    pub key_id: String,
+}
+
+/// Which events a query returns.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub agent: Option<String>,
+    pub event_type: Option<String>,
+    pub since_ns: Option<i64>,
+    pub until_ns: Option<i64>,
+    pub after_seq: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    fn matches(&self, f: &Fields<'_>) -> bool {
+        self.agent.as_deref().is_none_or(|a| a == f.agent_id)
+            && self.event_type.as_deref().is_none_or(|t| t == f.event_type)
+            && self.since_ns.is_none_or(|s| f.timestamp_ns >= s)
+            && self.until_ns.is_none_or(|u| f.timestamp_ns < u)
+            && self.after_seq.is_none_or(|a| f.seq > a)
+    }
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+// ----------------------------------------------------------------------------- sources
+
+/// A read-only view of a trail's records: what verification and queries walk.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Memory(Vec<Arc<[u8]>>),
+    /// Segment files and how many bytes of each to read.
+    Dir(Vec<(PathBuf, u64)>),
+}
+
+/// One item of a walk over a source.
+pub enum Item<'a> {
+    Body(&'a [u8]),
+    /// A region of a segment holding no good record.
+    Bad {
+        file: &'a Path,
+        offset: usize,
+        torn_tail: bool,
+    },
+    /// The end of a segment: bodies borrowed from it are released after this.
+    EndSegment,
+}
+
+fn read_prefix(path: &Path, len: u64) -> Result<Vec<u8>, AuditError> {
+    let mut buf = fs::read(path).map_err(|e| AuditError::io("read", path, e))?;
+    buf.truncate(len as usize);
+    Ok(buf)
+}
+
+impl Source {
+    /// Call `f` on each item in log order until it returns `false`.
+    pub fn walk(&self, mut f: impl FnMut(Item<'_>) -> bool) -> Result<(), AuditError> {
+        match self {
+            Source::Memory(bodies) => {
+                for b in bodies {
+                    if !f(Item::Body(b)) {
+                        break;
+                    }
+                }
+                f(Item::EndSegment);
+            }
+            Source::Dir(segs) => {
+                let last = segs.len().saturating_sub(1);
+                for (i, (path, len)) in segs.iter().enumerate() {
+                    let buf = read_prefix(path, *len)?;
+                    let scan = segment::scan(&buf, event::DOMAIN);
+                    let tail = if i == last {
+                        scan.torn_tail(buf.len())
+                    } else {
+                        None
+                    };
+                    let mut items: Vec<(usize, Option<&Frame>)> = scan
+                        .frames
+                        .iter()
+                        .map(|fr| (fr.offset, Some(fr)))
+                        .chain(scan.bad.iter().map(|r| (r.start, None)))
+                        .collect();
+                    items.sort_by_key(|(o, _)| *o);
+                    let mut go = true;
+                    for (off, fr) in items {
+                        let item = match fr {
+                            Some(fr) => Item::Body(&buf[fr.body.clone()]),
+                            None => Item::Bad {
+                                file: path,
+                                offset: off,
+                                torn_tail: tail == Some(off),
+                            },
+                        };
+                        if !f(item) {
+                            go = false;
+                            break;
+                        }
+                    }
+                    if !go || !f(Item::EndSegment) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn segments(&self) -> usize {
+        match self {
+            Source::Memory(_) => 1,
+            Source::Dir(s) => s.len(),
+        }
+    }
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, AuditError> {
+    let mut out = Vec::new();
+    let rd = fs::read_dir(dir).map_err(|e| AuditError::io("list", dir, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| AuditError::io("list", dir, e))?;
+        if let Some(first) = entry
+            .file_name()
+            .to_str()
+            .and_then(segment::parse_segment_name)
+        {
+            out.push((first, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A source over every segment in `dir`, read to its current end.
+pub fn dir_source(dir: &Path) -> Result<Source, AuditError> {
+    let mut segs = Vec::new();
+    for (_, p) in list_segments(dir)? {
+        let len = fs::metadata(&p)
+            .map_err(|e| AuditError::io("stat", &p, e))?
+            .len();
+        segs.push((p, len));
+    }
+    Ok(Source::Dir(segs))
+}
+
+/// The checkpoints stored in `dir` (good frames only) and whether any frame was bad.
+pub fn read_checkpoints(dir: &Path) -> Result<(Vec<Checkpoint>, Option<usize>), AuditError> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let buf = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
+        Err(e) => return Err(AuditError::io("read", &path, e)),
+    };
+    let scan = segment::scan(&buf, CHECKPOINT_DOMAIN);
+    let mut out = Vec::new();
+    let mut bad = scan.bad.first().map(|r| r.start);
+    for fr in &scan.frames {
+        match Checkpoint::parse(&buf[fr.body.clone()]) {
+            Some(c) => out.push(c),
+            None => bad = Some(bad.map_or(fr.offset, |b| b.min(fr.offset))),
+        }
+    }
+    Ok((out, bad))
+}
+
+// ------------------------------------------------------------------------ verification
+
+/// Walk `source` and check everything: framing, sequence order, the hash chain, every
+/// signature (batch-verified per segment) and every checkpoint. The first problem, by
+/// sequence number, is returned as [`AuditError::Integrity`].
+pub fn verify(
+    source: &Source,
+    vk: &VerifyingKey,
+    checkpoints: &[Checkpoint],
+    allow_torn_tail: bool,
+) -> Result<VerifyReport, AuditError> {
+    let kid = keys::key_id(vk);
+    for c in checkpoints {
+        if !c.verify_signature(vk) {
+            return Err(AuditError::integrity(
+                c.size.saturating_sub(1),
+                IntegrityKind::Signature,
+                format!("the checkpoint over {} events has a bad signature", c.size),
+            ));
+        }
+    }
+    let mut cks: Vec<&Checkpoint> = checkpoints.iter().collect();
+    cks.sort_by_key(|c| c.size);
+    let mut ck_i = 0;
+    while ck_i < cks.len() && cks[ck_i].size == 0 {
+        ck_i += 1;
+    }
+
+    let mut expected: u64 = 0;
+    let mut prev: Hash = GENESIS;
+    let mut compact = Compact::default();
+    // (seq, error) of the first structural problem.
+    let mut found: Option<(u64, AuditError)> = None;
+    // Signed messages and signatures of the current segment, with their sequence numbers.
+    let mut msgs: Vec<(u64, Vec<u8>, [u8; 64])> = Vec::new();
+    let mut sig_error: Option<(u64, AuditError)> = None;
+    let mut position: usize = 0;
+    let mut lookahead_from: Option<(usize, u64, u64)> = None;
+
+    let flush = |msgs: &mut Vec<(u64, Vec<u8>, [u8; 64])>,
+                 sig_error: &mut Option<(u64, AuditError)>| {
+        if sig_error.is_some() || msgs.is_empty() {
+            msgs.clear();
+            return;
+        }
+        let m: Vec<&[u8]> = msgs.iter().map(|(_, b, _)| b.as_slice()).collect();
+        let s: Vec<[u8; 64]> = msgs.iter().map(|(_, _, s)| *s).collect();
+        if let Some(i) = keys::first_bad_signature(vk, &m, &s) {
+            let seq = msgs[i].0;
+            *sig_error = Some((
+                seq,
+                AuditError::integrity(
+                    seq,
+                    IntegrityKind::Signature,
+                    "the event's Ed25519 signature does not verify",
+                ),
+            ));
+        }
+        msgs.clear();
+    };
+
+    source.walk(|item| {
+            if matches!(item, Item::EndSegment) {
+                flush(&mut msgs, &mut sig_error);
+                return sig_error.is_none();
+            }
+            position += 1;
+            let body = match item {
+                Item::EndSegment => return true,
+                Item::Bad { torn_tail: true, .. } if allow_torn_tail => return false,
+                Item::Bad { file, offset, torn_tail } => {
+                    let what = if torn_tail { "a torn tail" } else { "damaged bytes" };
+                    found = Some((
+                        expected,
+                        AuditError::integrity(
+                            expected,
+                            IntegrityKind::Corrupt,
+                            format!("{what} at byte {offset} of {} (bad length or CRC)", file.display()),
+                        ),
+                    ));
+                    return false;
+                }
+                Item::Body(b) => b,
+            };
+            let Some(rec) = Record::parse(body) else {
+                found = Some((
+                    expected,
+                    AuditError::integrity(expected, IntegrityKind::Corrupt, "a record with a good CRC does not parse"),
+                ));
+                return false;
+            };
+            let seq = rec.fields.seq;
+            if seq != expected {
+                if seq < expected {
+                    found = Some((
+                        expected,
+                        AuditError::integrity(
+                            expected,
+                            IntegrityKind::Order,
+                            format!("found event {seq} where event {expected} belongs (duplicated or moved back)"),
+                        ),
+                    ));
+                } else {
+                    lookahead_from = Some((position, expected, seq));
+                }
+                return false;
+            }
+            if rec.fields.key_id != kid {
+                found = Some((
+                    seq,
+                    AuditError::integrity(
+                        seq,
+                        IntegrityKind::Signature,
+                        format!("signed by key {}, but the trail's key is {kid}", rec.fields.key_id),
+                    ),
+                ));
+                return false;
+            }
+            if chain::link(&prev, seq, rec.canonical()) != rec.chain {
+                found = Some((
+                    seq,
+                    AuditError::integrity(seq, IntegrityKind::Link, "the chain hash does not match this event and the one before it"),
+                ));
+                return false;
+            }
+            msgs.push((seq, rec.signed_message().to_vec(), rec.sig));
+            prev = rec.chain;
+            compact.push(&rec.chain);
+            expected += 1;
+            while ck_i < cks.len() && cks[ck_i].size == expected {
+                if compact.root() != cks[ck_i].root {
+                    found = Some((
+                        expected - 1,
+                        AuditError::integrity(
+                            expected - 1,
+                            IntegrityKind::Link,
+                            format!("the Merkle root over the first {expected} events differs from the signed checkpoint"),
+                        ),
+                    ));
+                    return false;
+                }
+                ck_i += 1;
+            }
+            true
+    })?;
+    flush(&mut msgs, &mut sig_error);
+
+    if let Some((pos, exp, got)) = lookahead_from {
+        // Is the expected event further on (reordered) or nowhere (missing)?
+        let mut i = 0usize;
+        let mut later = false;
+        source.walk(|item| {
+            if matches!(item, Item::EndSegment) {
+                return true;
+            }
+            i += 1;
+            if i > pos {
+                if let Item::Body(b) = item {
+                    if event::peek_seq(b) == Some(exp) {
+                        later = true;
+                        return false;
+                    }
+                }
+            }
+            true
+        })?;
+        let (kind, what) = if later {
+            (
+                IntegrityKind::Order,
+                "appears later in the trail (reordered)",
+            )
+        } else {
+            (IntegrityKind::Missing, "is absent")
+        };
+        found = Some((
+            exp,
+            AuditError::integrity(
+                exp,
+                kind,
+                format!("event {exp} {what}; found event {got} in its place"),
+            ),
+        ));
+    }
+    if found.is_none() && ck_i < cks.len() {
+        let c = cks[ck_i];
+        found = Some((
+            expected,
+            AuditError::integrity(
+                expected,
+                IntegrityKind::Missing,
+                format!(
+                    "a signed checkpoint covers {} events but the trail ends after {expected}",
+                    c.size
+                ),
+            ),
+        ));
+    }
+    let first = match (found, sig_error) {
+        (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    };
+    if let Some((_, e)) = first {
+        return Err(e);
+    }
+    Ok(VerifyReport {
+        events: expected,
+        head: prev,
+        segments: source.segments(),
+        checkpoints: checkpoints.len(),
+        key_id: kid,
+    })
+}
+
+/// Events of `source` that pass `filter`, in log order. Damaged regions are skipped.
+pub fn query(source: &Source, filter: &Filter) -> Result<Vec<StoredEvent>, AuditError> {
+    let mut out = Vec::new();
+    let mut prev = GENESIS;
+    let limit = filter.limit.unwrap_or(usize::MAX);
+    if limit == 0 {
+        return Ok(out);
+    }
+    source.walk(|item| {
+        if let Item::Body(b) = item {
+            if let Some(rec) = Record::parse(b) {
+                if filter.matches(&rec.fields) {
+                    out.push(StoredEvent::from_record(&rec, prev));
+                    if out.len() >= limit {
+                        return false;
+                    }
+                }
+                prev = rec.chain;
+            }
+        }
+        true
+    })?;
+    Ok(out)
+}
+
+// ------------------------------------------------------------------------------ store
+
+struct Active {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+enum Backing {
+    Memory {
+        bodies: Vec<Arc<[u8]>>,
+    },
+    Dir {
+        dir: PathBuf,
+        /// Closed segments and their lengths.
+        sealed: Vec<(PathBuf, u64)>,
+        active: Active,
+        checkpoints: File,
+    },
+}
+
+pub struct Store {
+    backing: Backing,
+    opts: Options,
+    signer: SigningKey,
+    vk: VerifyingKey,
+    key_id: String,
+    next_seq: u64,
+    head: Hash,
+    leaves: Vec<Hash>,
+    compact: Compact,
+    checkpoints: Vec<Checkpoint>,
+    report: OpenReport,
+    failed: Option<String>,
+    closed: bool,
+}
+
+fn open_append(path: &Path, create_new: bool) -> Result<File, AuditError> {
+    let mut o = OpenOptions::new();
+    o.append(true);
+    if create_new {
+        o.create_new(true);
+    } else {
+        o.create(true);
+    }
+    o.open(path).map_err(|e| AuditError::io("open", path, e))
+}
+
+fn truncate(path: &Path, at: u64) -> Result<(), AuditError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| AuditError::io("open", path, e))?;
+    f.set_len(at)
+        .map_err(|e| AuditError::io("truncate", path, e))?;
+    f.sync_all().map_err(|e| AuditError::io("fsync", path, e))
+}
+
+impl Store {
+    pub fn in_memory(opts: Options) -> Self {
+        let signer = keys::generate();
+        Self::with(
+            Backing::Memory { bodies: Vec::new() },
+            opts,
+            signer,
+            OpenReport::default(),
+        )
+    }
+
+    fn with(backing: Backing, opts: Options, signer: SigningKey, report: OpenReport) -> Self {
+        let vk = signer.verifying_key();
+        Store {
+            backing,
+            opts,
+            key_id: keys::key_id(&vk),
+            signer,
+            vk,
+            next_seq: 0,
+            head: GENESIS,
+            leaves: Vec::new(),
+            compact: Compact::default(),
+            checkpoints: Vec::new(),
+            report,
+            failed: None,
+            closed: false,
+        }
+    }
+
+    /// Open (creating if needed) the store in `dir`, repairing a torn tail.
+    pub fn open(dir: &Path, opts: Options) -> Result<Self, AuditError> {
+        fs::create_dir_all(dir).map_err(|e| AuditError::io("create directory", dir, e))?;
+        let signer = keys::load_or_create(dir)?;
+        let mut report = OpenReport::default();
+        let segs = list_segments(dir)?;
+        let mut leaves = Vec::new();
+        let mut next_seq = 0u64;
+        let mut head = GENESIS;
+        let mut sealed = Vec::new();
+        let mut last_len = 0u64;
+        for (i, (_, path)) in segs.iter().enumerate() {
+            let buf = fs::read(path).map_err(|e| AuditError::io("read", path, e))?;
+            let scan = segment::scan(&buf, event::DOMAIN);
+            let is_last = i + 1 == segs.len();
+            let mut len = buf.len() as u64;
+            let tail = scan.torn_tail(buf.len()).filter(|_| is_last);
+            report.damaged_regions += scan.bad.len() - usize::from(tail.is_some());
+            for fr in &scan.frames {
+                match Record::parse(&buf[fr.body.clone()]) {
+                    Some(rec) => {
+                        leaves.push(rec.chain);
+                        next_seq = rec.fields.seq.saturating_add(1);
+                        head = rec.chain;
+                    }
+                    None => report.damaged_regions += 1,
+                }
+            }
+            if let Some(at) = tail {
+                truncate(path, at as u64)?;
+                report.truncated_bytes = len - at as u64;
+                report.truncated_file = Some(path.display().to_string());
+                len = at as u64;
+            }
+            if is_last {
+                last_len = len;
+            } else {
+                sealed.push((path.clone(), len));
+            }
+        }
+        report.segments = segs.len().max(1);
+        report.events = leaves.len() as u64;
+        let (active_path, created) = match segs.last() {
+            Some((_, p)) => (p.clone(), false),
+            None => (dir.join(segment::segment_name(0)), true),
+        };
+        let file = open_append(&active_path, created)?;
+        if created {
+            keys::sync_dir(dir)?;
+        }
+
+        let ck_path = dir.join(CHECKPOINT_FILE);
+        let (checkpoints, _) = read_checkpoints(dir)?;
+        if ck_path.exists() {
+            let buf = fs::read(&ck_path).map_err(|e| AuditError::io("read", &ck_path, e))?;
+            let scan = segment::scan(&buf, CHECKPOINT_DOMAIN);
+            if let Some(at) = scan.torn_tail(buf.len()) {
+                truncate(&ck_path, at as u64)?;
+                report.truncated_bytes += (buf.len() - at) as u64;
+                report
+                    .truncated_file
+                    .get_or_insert_with(|| ck_path.display().to_string());
+            }
+            report.damaged_regions +=
+                scan.bad.len() - usize::from(scan.torn_tail(buf.len()).is_some());
+        }
+        let ck_file = open_append(&ck_path, false)?;
+        report.checkpoints = checkpoints.len();
+
+        let mut store = Self::with(
+            Backing::Dir {
+                dir: dir.to_path_buf(),
+                sealed,
+                active: Active {
+                    file,
+                    path: active_path,
+                    len: last_len,
+                },
+                checkpoints: ck_file,
+            },
+            opts,
+            signer,
+            report,
+        );
+        for l in &leaves {
+            store.compact.push(l);
+        }
+        store.leaves = leaves;
+        store.next_seq = next_seq;
+        store.head = head;
+        store.checkpoints = checkpoints;
+        Ok(store)
+    }
+
+    pub fn report(&self) -> &OpenReport {
+        &self.report
+    }
+    pub fn verifying_key(&self) -> &VerifyingKey {
+        &self.vk
+    }
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+    pub fn head(&self) -> Hash {
+        self.head
+    }
+    pub fn checkpoints(&self) -> &[Checkpoint] {
+        &self.checkpoints
+    }
+    pub fn dir(&self) -> Option<&Path> {
+        match &self.backing {
+            Backing::Dir { dir, .. } => Some(dir),
+            Backing::Memory { .. } => None,
+        }
+    }
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    fn check_open(&self) -> Result<(), AuditError> {
+        if self.closed {
+            return Err(AuditError::Closed {
+                detail: String::new(),
+            });
+        }
+        if let Some(f) = &self.failed {
+            return Err(AuditError::Closed {
+                detail: format!(" after a write failure ({f}); reopening repairs the tail"),
+            });
+        }
+        Ok(())
+    }
+
+    /// A consistent read-only view of the records appended so far.
+    pub fn source(&self) -> Source {
+        match &self.backing {
+            Backing::Memory { bodies } => Source::Memory(bodies.clone()),
+            Backing::Dir { sealed, active, .. } => {
+                let mut s = sealed.clone();
+                s.push((active.path.clone(), active.len));
+                Source::Dir(s)
+            }
+        }
+    }
+
+    /// Number, chain, sign and durably store `items`; returns them as stored. Either the
+    /// whole batch is acknowledged or the call fails (and the store refuses further
+    /// appends until reopened, which cuts any partial write off the tail).
+    pub fn append_batch(&mut self, items: &[NewEvent]) -> Result<Vec<StoredEvent>, AuditError> {
+        self.check_open()?;
+        for it in items {
+            event::validate(&it.agent_id, &it.event_type, &it.details)?;
+        }
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.next_seq
+            .checked_add(items.len() as u64)
+            .ok_or(AuditError::SequenceOverflow {
+                first_seq: self.next_seq,
+                count: items.len(),
+            })?;
+        let mut ids = vec![0u8; 16 * items.len()];
+        getrandom::fill(&mut ids).map_err(|e| AuditError::Io {
+            op: "random",
+            path: "the OS random source".into(),
+            detail: e.to_string(),
+        })?;
+        // Canonical bytes and chain hashes, in order.
+        let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(items.len());
+        let mut prevs = Vec::with_capacity(items.len());
+        let mut head = self.head;
+        for (i, it) in items.iter().enumerate() {
+            let mut id: [u8; 16] = ids[16 * i..16 * i + 16].try_into().expect("16 bytes");
+            id[6] = (id[6] & 0x0f) | 0x40; // uuid version 4
+            id[8] = (id[8] & 0x3f) | 0x80; // RFC 4122 variant
+            let f = Fields {
+                seq: self.next_seq + i as u64,
+                event_id: id,
+                timestamp_ns: it.timestamp_ns,
+                key_id: &self.key_id,
+                agent_id: &it.agent_id,
+                event_type: &it.event_type,
+                details: &it.details,
+            };
+            let mut body = Vec::with_capacity(event::encoded_len(&f) + event::TRAILER);
+            event::encode_into(&f, &mut body);
+            prevs.push(head);
+            head = chain::link(&head, f.seq, &body);
+            body.extend_from_slice(&head);
+            bodies.push(body);
+        }
+        let msgs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
+        let sigs = keys::sign_many(&self.signer, &msgs);
+        for (b, s) in bodies.iter_mut().zip(&sigs) {
+            b.extend_from_slice(s);
+        }
+        // Checkpoints that this batch completes.
+        let mut compact = self.compact.clone();
+        let mut new_cks = Vec::new();
+        for b in &bodies {
+            let rec_chain: Hash = b[b.len() - event::TRAILER..b.len() - 64]
+                .try_into()
+                .expect("32 bytes");
+            compact.push(&rec_chain);
+            let every = self.opts.checkpoint_every;
+            if every > 0 && compact.size() % every == 0 {
+                new_cks.push(Checkpoint::new(
+                    &self.signer,
+                    &self.key_id,
+                    compact.size(),
+                    compact.root(),
+                ));
+            }
+        }
+        if let Err(e) = self.write(&bodies, &new_cks) {
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
+        // Durable: commit the in-memory state.
+        let first = self.next_seq;
+        let mut out = Vec::with_capacity(bodies.len());
+        for (i, b) in bodies.into_iter().enumerate() {
+            let rec = Record::parse(&b).expect("a record we just encoded parses");
+            out.push(StoredEvent::from_record(&rec, prevs[i]));
+            self.leaves.push(rec.chain);
+            if let Backing::Memory { bodies } = &mut self.backing {
+                bodies.push(Arc::from(b.into_boxed_slice()));
+            }
+        }
+        self.next_seq = first + out.len() as u64;
+        self.head = head;
+        self.compact = compact;
+        self.checkpoints.extend(new_cks);
+        Ok(out)
+    }
+
+    fn write(&mut self, bodies: &[Vec<u8>], cks: &[Checkpoint]) -> Result<(), AuditError> {
+        let Backing::Dir {
+            dir,
+            sealed,
+            active,
+            checkpoints,
+        } = &mut self.backing
+        else {
+            return Ok(());
+        };
+        let mut buf = Vec::with_capacity(bodies.iter().map(|b| b.len() + segment::HEADER).sum());
+        let flush = |active: &mut Active, buf: &mut Vec<u8>| -> Result<(), AuditError> {
+            if buf.is_empty() {
+                return Ok(());
+            }
+            active
+                .file
+                .write_all(buf)
+                .map_err(|e| AuditError::io("write", &active.path, e))?;
+            active
+                .file
+                .sync_data()
+                .map_err(|e| AuditError::io("fdatasync", &active.path, e))?;
+            active.len += buf.len() as u64;
+            buf.clear();
+            Ok(())
+        };
+        for (i, b) in bodies.iter().enumerate() {
+            let frame = (b.len() + segment::HEADER) as u64;
+            let used = active.len + buf.len() as u64;
+            if used > 0 && used + frame > self.opts.segment_bytes {
+                flush(active, &mut buf)?;
+                let path = dir.join(segment::segment_name(self.next_seq + i as u64));
+                let file = open_append(&path, true)?;
+                keys::sync_dir(dir)?;
+                let old = std::mem::replace(active, Active { file, path, len: 0 });
+                sealed.push((old.path, old.len));
+            }
+            segment::frame_into(b, &mut buf);
+        }
+        flush(active, &mut buf)?;
+        if !cks.is_empty() {
+            let path = dir.join(CHECKPOINT_FILE);
+            let mut cbuf = Vec::new();
+            for c in cks {
+                segment::frame_into(&c.body(), &mut cbuf);
+            }
+            checkpoints
+                .write_all(&cbuf)
+                .map_err(|e| AuditError::io("write", &path, e))?;
+            checkpoints
+                .sync_data()
+                .map_err(|e| AuditError::io("fdatasync", &path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Sign and store a checkpoint over everything appended so far (unless the last one
+    /// already covers it) and return it.
+    pub fn checkpoint_now(&mut self) -> Result<Checkpoint, AuditError> {
+        self.check_open()?;
+        if let Some(c) = self.checkpoints.iter().max_by_key(|c| c.size) {
+            if c.size == self.next_seq {
+                return Ok(c.clone());
+            }
+        }
+        let c = Checkpoint::new(
+            &self.signer,
+            &self.key_id,
+            self.compact.size(),
+            self.compact.root(),
+        );
+        if let Err(e) = self.write(&[], std::slice::from_ref(&c)) {
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
+        self.checkpoints.push(c.clone());
+        Ok(c)
+    }
+
+    /// An inclusion proof of event `seq` against the latest checkpoint covering it (cutting
+    /// a new checkpoint if none does yet).
+    pub fn prove(&mut self, seq: u64) -> Result<(Checkpoint, Vec<Hash>, Hash), AuditError> {
+        if seq >= self.next_seq {
+            return Err(AuditError::BadInput {
+                field: "sequence",
+                detail: format!(
+                    "event {seq} does not exist; the trail holds events 0..{}",
+                    self.next_seq
+                ),
+            });
+        }
+        if self.leaves.len() as u64 != self.next_seq {
+            return Err(AuditError::integrity(
+                self.leaves.len() as u64,
+                IntegrityKind::Corrupt,
+                "the trail is damaged, so no proof can be built; run verify",
+            ));
+        }
+        let ck = match self
+            .checkpoints
+            .iter()
+            .filter(|c| c.size > seq)
+            .max_by_key(|c| c.size)
+        {
+            Some(c) => c.clone(),
+            None => self.checkpoint_now()?,
+        };
+        let leaves = &self.leaves[..ck.size as usize];
+        let path = merkle::inclusion_path(seq as usize, leaves);
+        Ok((ck, path, leaves[seq as usize]))
+    }
+
+    /// Write a final checkpoint (so that cutting events off the end is detected) and stop.
+    pub fn close(&mut self) -> Result<(), AuditError> {
+        if self.closed {
+            return Ok(());
+        }
+        let res = if self.failed.is_none() && self.next_seq > 0 {
+            self.checkpoint_now().map(|_| ())
+        } else {
+            Ok(())
+        };
+        self.closed = true;
+        res
+    }
+}
+
+/// The canonical bytes of a stored event (for inclusion proofs).
+pub fn canonical_of(e: &StoredEvent) -> Vec<u8> {
+    event::encode(&Fields {
+        seq: e.seq,
+        event_id: e.event_id,
+        timestamp_ns: e.timestamp_ns,
+        key_id: &e.key_id,
+        agent_id: &e.agent_id,
+        event_type: &e.event_type,
+        details: &e.details,
+    })
+}
+
+pub const _ASSERT_HASH: usize = HASH_SIZE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "symbi-store-{}",
+            u64::from_be_bytes(keys::random_bytes())
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn ev(i: usize) -> NewEvent {
+        NewEvent {
+            agent_id: format!("agent-{}", i % 3),
+            event_type: "test".into(),
+            details: format!("{{\"i\":{i}}}").into_bytes(),
+            timestamp_ns: i as i64,
+        }
+    }
+
+    fn batch(r: std::ops::Range<usize>) -> Vec<NewEvent> {
+        r.map(ev).collect()
+    }
+
+    fn kind(e: AuditError) -> (u64, IntegrityKind) {
+        match e {
+            AuditError::Integrity { seq, kind, .. } => (seq, kind),
+            other => panic!("not an integrity error: {other}"),
+        }
+    }
+
+    #[test]
+    fn memory_store_appends_verifies_and_queries() {
+        let mut s = Store::in_memory(Options {
+            checkpoint_every: 4,
+            ..Options::default()
+        });
+        let out = s.append_batch(&batch(0..10)).unwrap();
+        assert_eq!(
+            out.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
+        assert_eq!(out[1].prev, out[0].chain);
+        assert_eq!(s.checkpoints().len(), 2);
+        let rep = verify(&s.source(), s.verifying_key(), s.checkpoints(), false).unwrap();
+        assert_eq!(rep.events, 10);
+        let q = query(
+            &s.source(),
+            &Filter {
+                agent: Some("agent-1".into()),
+                ..Filter::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(q.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 4, 7]);
+        assert_eq!(q[0].prev, out[0].chain);
+    }
+
+    #[test]
+    fn dir_store_survives_reopen_and_rolls_segments() {
+        let d = tmp();
+        let opts = Options {
+            segment_bytes: 2000,
+            checkpoint_every: 7,
+        };
+        {
+            let mut s = Store::open(&d, opts.clone()).unwrap();
+            for k in 0..5 {
+                s.append_batch(&batch(k * 10..k * 10 + 10)).unwrap();
+            }
+            s.close().unwrap();
+        }
+        let segs = list_segments(&d).unwrap();
+        assert!(
+            segs.len() > 2,
+            "expected several segments, got {}",
+            segs.len()
+        );
+        let mut s = Store::open(&d, opts).unwrap();
+        assert_eq!(s.next_seq(), 50);
+        s.append_batch(&batch(50..55)).unwrap();
+        let (cks, _) = read_checkpoints(&d).unwrap();
+        let vk = keys::load_public(&d).unwrap();
+        let rep = verify(&dir_source(&d).unwrap(), &vk, &cks, false).unwrap();
+        assert_eq!(rep.events, 55);
+        // Inclusion proofs verify against the checkpoint.
+        for seq in [0u64, 13, 49, 54] {
+            let (ck, path, leaf) = s.prove(seq).unwrap();
+            assert!(ck.verify_signature(&vk));
+            assert!(merkle::verify_inclusion(
+                seq, ck.size, &leaf, &path, &ck.root
+            ));
+        }
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn torn_tail_is_cut_on_open() {
+        let d = tmp();
+        let opts = Options::default();
+        {
+            let mut s = Store::open(&d, opts.clone()).unwrap();
+            s.append_batch(&batch(0..5)).unwrap();
+        }
+        let seg = d.join(segment::segment_name(0));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        drop(f);
+        let (cks, _) = read_checkpoints(&d).unwrap();
+        let vk = keys::load_public(&d).unwrap();
+        let err = verify(&dir_source(&d).unwrap(), &vk, &cks, false).unwrap_err();
+        assert_eq!(kind(err), (5, IntegrityKind::Corrupt));
+        assert!(verify(&dir_source(&d).unwrap(), &vk, &cks, true).is_ok());
+        let mut s = Store::open(&d, opts).unwrap();
+        assert_eq!(s.report().truncated_bytes, 6);
+        s.append_batch(&batch(5..6)).unwrap();
+        assert_eq!(
+            verify(&s.source(), &vk, s.checkpoints(), false)
+                .unwrap()
+                .events,
+            6
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn tampering_is_named() {
+        let mut s = Store::in_memory(Options::default());
+        s.append_batch(&batch(0..20)).unwrap();
+        let vk = *s.verifying_key();
+        let Source::Memory(bodies) = s.source() else {
+            unreachable!()
+        };
+        let check =
+            |b: Vec<Arc<[u8]>>| kind(verify(&Source::Memory(b), &vk, &[], false).unwrap_err());
+        // A bad signature.
+        let mut b = bodies.clone();
+        let mut x = b[7].to_vec();
+        let n = x.len();
+        x[n - 1] ^= 1;
+        b[7] = x.into();
+        assert_eq!(check(b), (7, IntegrityKind::Signature));
+        // A changed detail breaks the link.
+        let mut b = bodies.clone();
+        let mut x = b[3].to_vec();
+        let n = x.len();
+        x[n - event::TRAILER - 2] ^= 1;
+        b[3] = x.into();
+        assert_eq!(check(b), (3, IntegrityKind::Link));
+        // Deleted, reordered, duplicated.
+        let mut b = bodies.clone();
+        b.remove(5);
+        assert_eq!(check(b), (5, IntegrityKind::Missing));
+        let mut b = bodies.clone();
+        b.swap(4, 9);
+        assert_eq!(check(b), (4, IntegrityKind::Order));
+        let mut b = bodies.clone();
+        b.insert(12, bodies[2].clone());
+        assert_eq!(check(b), (12, IntegrityKind::Order));
+        // Cutting the tail is caught by the final checkpoint.
+        s.close().unwrap();
+        let cks = s.checkpoints().to_vec();
+        let mut b = bodies.clone();
+        b.pop();
+        assert_eq!(
+            kind(verify(&Source::Memory(b), &vk, &cks, false).unwrap_err()),
+            (19, IntegrityKind::Missing)
+        );
+    }
+}

@@ -1,0 +1,593 @@
+//! Identities, peers, derived keys, and sealing/opening envelopes.
+
+use std::collections::{HashMap, HashSet};
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use hkdf::Hkdf;
+use sha2::{Digest, Sha256};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use super::envelope::{self, BatchProof, Envelope, Header, KIND_DIRECT, KIND_TOPIC, MAX_PAYLOAD};
+use super::merkle::{self, Hash};
+use super::replay::{Freshness, ReplayGuard};
+use super::{random, CryptoError, Result};
+
+/// Most messages one batch signature covers (bounds the audit path to 16 hashes).
+pub const MAX_BATCH: usize = 65_536;
+const SIG_SINGLE: &[u8] = b"symbi.bus.sig.single.v1";
+const SIG_BATCH: &[u8] = b"symbi.bus.sig.batch.v1";
+/// Verified batch roots remembered per key ring; a full cache is simply cleared.
+const ROOT_CACHE: usize = 4096;
+
+pub type KeyId = [u8; 8];
+
+fn key_id(ed: &VerifyingKey, x: &PublicKey) -> KeyId {
+    let mut h = Sha256::new();
+    h.update(ed.as_bytes());
+    h.update(x.as_bytes());
+    h.finalize()[..8].try_into().expect("8 bytes")
+}
+
+/// What other parties may know of an agent: 32-byte Ed25519 key then 32-byte X25519 key.
+#[derive(Clone)]
+pub struct Peer {
+    pub verify: VerifyingKey,
+    pub dh: PublicKey,
+    pub key_id: KeyId,
+}
+
+impl Peer {
+    pub fn bundle(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[..32].copy_from_slice(self.verify.as_bytes());
+        b[32..].copy_from_slice(self.dh.as_bytes());
+        b
+    }
+
+    pub fn from_bundle(agent: &str, b: &[u8]) -> Result<Peer> {
+        if b.len() != 64 {
+            return Err(CryptoError::Invalid {
+                what: "public bundle",
+                detail: format!("is 64 bytes (Ed25519 key, X25519 key), got {}", b.len()),
+            });
+        }
+        let ed: [u8; 32] = b[..32].try_into().expect("32");
+        let x: [u8; 32] = b[32..].try_into().expect("32");
+        let verify = VerifyingKey::from_bytes(&ed).map_err(|e| CryptoError::Invalid {
+            what: "public bundle",
+            detail: format!("the Ed25519 key of {agent:?} is invalid: {e}"),
+        })?;
+        let dh = PublicKey::from(x);
+        Ok(Peer {
+            key_id: key_id(&verify, &dh),
+            verify,
+            dh,
+        })
+    }
+}
+
+struct Identity {
+    sign: SigningKey,
+    dh: StaticSecret,
+    peer: Peer,
+}
+
+/// The result of opening an envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub header: Header,
+    pub payload: Vec<u8>,
+    pub duplicate: bool,
+}
+
+/// One item of a batch to seal.
+pub struct SealItem<'a> {
+    pub recipient: &'a str,
+    pub topic: bool,
+    pub content_type: &'a str,
+    pub payload: &'a [u8],
+}
+
+#[derive(Default)]
+pub struct KeyRing {
+    identities: HashMap<String, Identity>,
+    peers: HashMap<String, Peer>,
+    pair_keys: HashMap<(KeyId, KeyId), Aes256Gcm>,
+    topics: HashMap<String, (KeyId, Aes256Gcm, [u8; 32])>,
+    verified_roots: HashSet<(KeyId, Hash, [u8; 64])>,
+    replay: HashMap<String, ReplayGuard>,
+    replay_window_ns: u64,
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl KeyRing {
+    pub fn new(replay_window_ns: u64) -> Self {
+        Self {
+            replay_window_ns,
+            ..Default::default()
+        }
+    }
+
+    pub fn create_identity(&mut self, agent: &str) -> Result<[u8; 64]> {
+        if agent.is_empty() || agent.len() > 255 {
+            return Err(CryptoError::Invalid {
+                what: "agent id",
+                detail: "must be 1 to 255 bytes".into(),
+            });
+        }
+        if self.identities.contains_key(agent) {
+            return Err(CryptoError::DuplicateAgent(agent.into()));
+        }
+        let sign = SigningKey::from_bytes(&random::<32>());
+        let dh = StaticSecret::from(random::<32>());
+        let verify = sign.verifying_key();
+        let dh_pub = PublicKey::from(&dh);
+        let peer = Peer {
+            key_id: key_id(&verify, &dh_pub),
+            verify,
+            dh: dh_pub,
+        };
+        let bundle = peer.bundle();
+        self.peers.insert(agent.into(), peer.clone());
+        self.identities.insert(agent.into(), Identity { sign, dh, peer });
+        Ok(bundle)
+    }
+
+    pub fn add_peer(&mut self, agent: &str, bundle: &[u8]) -> Result<()> {
+        let peer = Peer::from_bundle(agent, bundle)?;
+        if let Some(local) = self.identities.get(agent) {
+            if local.peer.key_id != peer.key_id {
+                return Err(CryptoError::DuplicateAgent(agent.into()));
+            }
+        }
+        self.peers.insert(agent.into(), peer);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, agent: &str) -> bool {
+        self.replay.remove(agent);
+        let had = self.identities.remove(agent).is_some();
+        self.peers.remove(agent).is_some() || had
+    }
+
+    pub fn bundle(&self, agent: &str) -> Result<[u8; 64]> {
+        self.peers
+            .get(agent)
+            .map(Peer::bundle)
+            .ok_or_else(|| CryptoError::UnknownAgent(agent.into()))
+    }
+
+    pub fn has_identity(&self, agent: &str) -> bool {
+        self.identities.contains_key(agent)
+    }
+
+    /// The topic's group key, created on first use by a publisher.
+    pub fn ensure_topic(&mut self, topic: &str) -> [u8; 32] {
+        if let Some((_, _, raw)) = self.topics.get(topic) {
+            return *raw;
+        }
+        let raw = random::<32>();
+        self.set_topic_key(topic, &raw).expect("32-byte key");
+        raw
+    }
+
+    pub fn set_topic_key(&mut self, topic: &str, raw: &[u8]) -> Result<()> {
+        let raw: [u8; 32] = raw.try_into().map_err(|_| CryptoError::Invalid {
+            what: "topic key",
+            detail: format!("is 32 bytes, got {}", raw.len()),
+        })?;
+        let id: KeyId = Sha256::digest(raw)[..8].try_into().expect("8");
+        let cipher = Aes256Gcm::new_from_slice(&raw).expect("32-byte key");
+        self.topics.insert(topic.into(), (id, cipher, raw));
+        Ok(())
+    }
+
+    fn pair_cipher(&mut self, sender: &str, recipient: &str, opening: bool) -> Result<(KeyId, KeyId, &Aes256Gcm)> {
+        // The local side holds a secret; the other side's public key comes from peers.
+        let (local, remote) = if opening { (recipient, sender) } else { (sender, recipient) };
+        let me = self
+            .identities
+            .get(local)
+            .ok_or_else(|| CryptoError::UnknownAgent(local.into()))?;
+        let other = self
+            .peers
+            .get(remote)
+            .ok_or_else(|| CryptoError::UnknownAgent(remote.into()))?;
+        let (s_id, r_id) = if opening {
+            (other.key_id, me.peer.key_id)
+        } else {
+            (me.peer.key_id, other.key_id)
+        };
+        if !self.pair_keys.contains_key(&(s_id, r_id)) {
+            let shared = me.dh.diffie_hellman(&other.dh);
+            if !shared.was_contributory() {
+                return Err(CryptoError::WeakKey(remote.into()));
+            }
+            let hk = Hkdf::<Sha256>::new(Some(b"symbi.bus.v1"), shared.as_bytes());
+            let mut okm = [0u8; 32];
+            let mut info = Vec::with_capacity(20);
+            info.extend_from_slice(b"pair");
+            info.extend_from_slice(&s_id);
+            info.extend_from_slice(&r_id);
+            hk.expand(&info, &mut okm).expect("32 bytes is a valid HKDF length");
+            let cipher = Aes256Gcm::new_from_slice(&okm).expect("32-byte key");
+            self.pair_keys.insert((s_id, r_id), cipher);
+        }
+        Ok((s_id, r_id, &self.pair_keys[&(s_id, r_id)]))
+    }
+
+    /// Encrypt one item; returns (header bytes, ciphertext) ready to be signed.
+    fn encrypt(
+        &mut self,
+        sender: &str,
+        item: &SealItem<'_>,
+        id: [u8; 16],
+        ts: u64,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        if item.payload.len() > MAX_PAYLOAD {
+            return Err(CryptoError::Invalid {
+                what: "payload",
+                detail: format!(
+                    "{} bytes is over the {} byte limit; split it or send a reference",
+                    item.payload.len(),
+                    MAX_PAYLOAD
+                ),
+            });
+        }
+        let nonce = random::<12>();
+        let (kind, s_id, r_id) = if item.topic {
+            self.ensure_topic(item.recipient);
+            let me = self
+                .identities
+                .get(sender)
+                .ok_or_else(|| CryptoError::UnknownAgent(sender.into()))?;
+            (KIND_TOPIC, me.peer.key_id, self.topics[item.recipient].0)
+        } else {
+            let (s, r, _) = self.pair_cipher(sender, item.recipient, false)?;
+            (KIND_DIRECT, s, r)
+        };
+        let header = Header {
+            kind,
+            id,
+            timestamp_ns: ts,
+            sender: sender.into(),
+            recipient: item.recipient.into(),
+            sender_key: s_id,
+            recipient_key: r_id,
+            nonce,
+            content_type: item.content_type.into(),
+        };
+        let mut hb = Vec::with_capacity(96 + sender.len() + item.recipient.len());
+        envelope::write_header(&header, &mut hb)?;
+        let cipher = if item.topic {
+            &self.topics[item.recipient].1
+        } else {
+            &self.pair_keys[&(s_id, r_id)]
+        };
+        let mut ct = Vec::with_capacity(item.payload.len() + envelope::TAG_LEN);
+        ct.extend_from_slice(item.payload);
+        let tag = cipher
+            .encrypt_inout_detached(&Nonce::from(nonce), &hb, ct.as_mut_slice().into())
+            .map_err(|_| CryptoError::Invalid {
+                what: "payload",
+                detail: "AES-GCM refused to encrypt it".into(),
+            })?;
+        ct.extend_from_slice(&tag);
+        Ok((hb, ct))
+    }
+
+    fn assemble(hb: &[u8], ct: &[u8], sig: &[u8; 64], proof: Option<&BatchProof>) -> Vec<u8> {
+        let extra = proof.map_or(0, |p| 9 + 32 * p.path.len());
+        let mut out = Vec::with_capacity(hb.len() + 4 + ct.len() + 65 + extra);
+        out.extend_from_slice(hb);
+        out.extend_from_slice(&(ct.len() as u32).to_be_bytes());
+        out.extend_from_slice(ct);
+        envelope::write_signature(sig, proof, &mut out);
+        out
+    }
+
+    /// Seal one message, signed on its own.
+    pub fn seal(&mut self, sender: &str, item: &SealItem<'_>, ts: Option<u64>) -> Result<Vec<u8>> {
+        let ts = ts.unwrap_or_else(now_ns);
+        let (hb, ct) = self.encrypt(sender, item, random::<16>(), ts)?;
+        let leaf = envelope::leaf(&hb, &ct);
+        let me = &self.identities[sender];
+        let mut msg = Vec::with_capacity(SIG_SINGLE.len() + 32);
+        msg.extend_from_slice(SIG_SINGLE);
+        msg.extend_from_slice(&leaf);
+        let sig = me.sign.sign(&msg).to_bytes();
+        Ok(Self::assemble(&hb, &ct, &sig, None))
+    }
+
+    /// Seal many messages from one sender under one signature over their Merkle root.
+    pub fn seal_batch(&mut self, sender: &str, items: &[SealItem<'_>], ts: Option<u64>) -> Result<Vec<Vec<u8>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        if items.len() == 1 {
+            return Ok(vec![self.seal(sender, &items[0], ts)?]);
+        }
+        if items.len() > MAX_BATCH {
+            return Err(CryptoError::Invalid {
+                what: "batch",
+                detail: format!("at most {MAX_BATCH} messages, got {}", items.len()),
+            });
+        }
+        let ts = ts.unwrap_or_else(now_ns);
+        let mut parts = Vec::with_capacity(items.len());
+        for it in items {
+            parts.push(self.encrypt(sender, it, random::<16>(), ts)?);
+        }
+        let leaves: Vec<Hash> = parts.iter().map(|(h, c)| envelope::leaf(h, c)).collect();
+        let (root, paths) = merkle::root_and_paths(&leaves);
+        let mut msg = Vec::with_capacity(SIG_BATCH.len() + 36);
+        msg.extend_from_slice(SIG_BATCH);
+        msg.extend_from_slice(&root);
+        msg.extend_from_slice(&(items.len() as u32).to_be_bytes());
+        let sig = self.identities[sender].sign.sign(&msg).to_bytes();
+        Ok(parts
+            .iter()
+            .zip(paths)
+            .enumerate()
+            .map(|(i, ((hb, ct), path))| {
+                let proof = BatchProof {
+                    index: i as u32,
+                    size: items.len() as u32,
+                    path,
+                };
+                Self::assemble(hb, ct, &sig, Some(&proof))
+            })
+            .collect())
+    }
+
+    fn verify_signature(&mut self, env: &Envelope<'_>, peer: &Peer) -> Result<()> {
+        let id = envelope::id_hex(&env.header.id);
+        let fail = |detail: &str| CryptoError::Signature {
+            id: id.clone(),
+            sender: env.header.sender.clone(),
+            detail: detail.into(),
+        };
+        let leaf = envelope::leaf(env.header_bytes, env.ciphertext);
+        let sig = Signature::from_bytes(&env.signature);
+        match &env.batch {
+            None => {
+                let mut msg = Vec::with_capacity(SIG_SINGLE.len() + 32);
+                msg.extend_from_slice(SIG_SINGLE);
+                msg.extend_from_slice(&leaf);
+                peer.verify
+                    .verify_strict(&msg, &sig)
+                    .map_err(|_| fail("the signature does not match the message and sender key"))
+            }
+            Some(p) => {
+                let root = merkle::root_from_path(&leaf, p.index as usize, p.size as usize, &p.path)
+                    .ok_or_else(|| fail("the batch proof is malformed"))?;
+                let key = (peer.key_id, root, env.signature);
+                if self.verified_roots.contains(&key) {
+                    return Ok(());
+                }
+                let mut msg = Vec::with_capacity(SIG_BATCH.len() + 36);
+                msg.extend_from_slice(SIG_BATCH);
+                msg.extend_from_slice(&root);
+                msg.extend_from_slice(&p.size.to_be_bytes());
+                peer.verify
+                    .verify_strict(&msg, &sig)
+                    .map_err(|_| fail("the batch signature does not match the message and sender key"))?;
+                if self.verified_roots.len() >= ROOT_CACHE {
+                    self.verified_roots.clear();
+                }
+                self.verified_roots.insert(key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Verify, check freshness, and decrypt an envelope addressed to `opener` (an agent
+    /// id; for topic messages, a subscriber holding the topic key).
+    pub fn open(&mut self, opener: &str, buf: &[u8], now: Option<u64>) -> Result<Opened> {
+        let env = envelope::parse(buf)?;
+        let h = &env.header;
+        let id = envelope::id_hex(&h.id);
+        if h.kind == KIND_DIRECT && h.recipient != opener {
+            return Err(CryptoError::WrongRecipient {
+                id,
+                recipient: h.recipient.clone(),
+                opener: opener.into(),
+            });
+        }
+        if !self.identities.contains_key(opener) {
+            return Err(CryptoError::UnknownAgent(opener.into()));
+        }
+        let peer = self
+            .peers
+            .get(&h.sender)
+            .cloned()
+            .ok_or_else(|| CryptoError::UnknownAgent(h.sender.clone()))?;
+        if peer.key_id != h.sender_key {
+            return Err(CryptoError::Signature {
+                id,
+                sender: h.sender.clone(),
+                detail: "signed with a key that is not the sender's current key".into(),
+            });
+        }
+        self.verify_signature(&env, &peer)?;
+        let now = now.unwrap_or_else(now_ns);
+        let window = self.replay_window_ns;
+        let fresh = self
+            .replay
+            .entry(opener.into())
+            .or_insert_with(|| ReplayGuard::new(window))
+            .check(h.id, h.timestamp_ns, now);
+        if fresh == Freshness::Stale {
+            return Err(CryptoError::Invalid {
+                what: "timestamp",
+                detail: format!(
+                    "message {id} is outside the {}s replay window; it is a replay or the clocks disagree",
+                    window / 1_000_000_000
+                ),
+            });
+        }
+        let cipher = if h.kind == KIND_TOPIC {
+            let (kid, cipher, _) = self
+                .topics
+                .get(&h.recipient)
+                .ok_or_else(|| CryptoError::UnknownTopic(h.recipient.clone()))?;
+            if *kid != h.recipient_key {
+                return Err(CryptoError::Decrypt { id });
+            }
+            cipher.clone()
+        } else {
+            let (_, r, c) = self.pair_cipher(&h.sender, opener, true)?;
+            if r != h.recipient_key {
+                return Err(CryptoError::Decrypt { id });
+            }
+            c.clone()
+        };
+        let n = env.ciphertext.len() - envelope::TAG_LEN;
+        let mut pt = env.ciphertext[..n].to_vec();
+        let tag = Tag::try_from(&env.ciphertext[n..]).expect("16-byte tag");
+        if cipher
+            .decrypt_inout_detached(&Nonce::from(h.nonce), env.header_bytes, pt.as_mut_slice().into(), &tag)
+            .is_err()
+        {
+            return Err(CryptoError::Decrypt { id });
+        }
+        Ok(Opened {
+            header: env.header.clone(),
+            payload: pt,
+            duplicate: fresh == Freshness::Duplicate,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> KeyRing {
+        let mut r = KeyRing::new(30_000_000_000);
+        r.create_identity("alice").unwrap();
+        r.create_identity("bob").unwrap();
+        r
+    }
+
+    fn item<'a>(to: &'a str, payload: &'a [u8]) -> SealItem<'a> {
+        SealItem {
+            recipient: to,
+            topic: false,
+            content_type: "Task",
+            payload,
+        }
+    }
+
+    #[test]
+    fn seal_then_open_round_trips_and_hides_the_payload() {
+        let mut r = ring();
+        let env = r.seal("alice", &item("bob", b"secret plan"), None).unwrap();
+        assert!(!env.windows(11).any(|w| w == b"secret plan"));
+        let o = r.open("bob", &env, None).unwrap();
+        assert_eq!(o.payload, b"secret plan");
+        assert_eq!(o.header.sender, "alice");
+        assert!(!o.duplicate);
+        assert!(r.open("bob", &env, None).unwrap().duplicate);
+    }
+
+    #[test]
+    fn any_flipped_byte_is_rejected() {
+        let mut r = ring();
+        let env = r.seal("alice", &item("bob", b"payload"), None).unwrap();
+        for i in 0..env.len() {
+            let mut bad = env.clone();
+            bad[i] ^= 0x40;
+            assert!(r.open("bob", &bad, None).is_err(), "byte {i} flipped went unnoticed");
+        }
+    }
+
+    #[test]
+    fn batch_signatures_verify_and_tampering_is_caught() {
+        let mut r = ring();
+        let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 5]).collect();
+        let items: Vec<SealItem<'_>> = payloads.iter().map(|p| item("bob", p)).collect();
+        let envs = r.seal_batch("alice", &items, None).unwrap();
+        for (e, p) in envs.iter().zip(&payloads) {
+            assert_eq!(&r.open("bob", e, None).unwrap().payload, p);
+        }
+        let mut bad = envs[3].clone();
+        let n = bad.len();
+        bad[n - 40] ^= 1; // inside the audit path
+        assert!(r.open("bob", &bad, None).is_err());
+    }
+
+    #[test]
+    fn wrong_recipient_stale_and_unknown_sender() {
+        let mut r = ring();
+        r.create_identity("carol").unwrap();
+        let env = r.seal("alice", &item("bob", b"x"), None).unwrap();
+        assert!(matches!(r.open("carol", &env, None), Err(CryptoError::WrongRecipient { .. })));
+        let old = r.seal("alice", &item("bob", b"x"), Some(1)).unwrap();
+        assert!(matches!(
+            r.open("bob", &old, None),
+            Err(CryptoError::Invalid { what: "timestamp", .. })
+        ));
+        let mut other = KeyRing::new(30_000_000_000);
+        other.create_identity("mallory").unwrap();
+        other.add_peer("bob", &r.bundle("bob").unwrap()).unwrap();
+        let forged = other.seal("mallory", &item("bob", b"x"), None).unwrap();
+        assert!(matches!(r.open("bob", &forged, None), Err(CryptoError::UnknownAgent(_))));
+    }
+
+    #[test]
+    fn impersonation_with_another_key_fails() {
+        let mut r = ring();
+        // mallory claims to be alice but holds her own key
+        let mut m = KeyRing::new(30_000_000_000);
+        m.create_identity("alice").unwrap();
+        m.add_peer("bob", &r.bundle("bob").unwrap()).unwrap();
+        let env = m.seal("alice", &item("bob", b"x"), None).unwrap();
+        assert!(matches!(r.open("bob", &env, None), Err(CryptoError::Signature { .. })));
+    }
+
+    #[test]
+    fn topics_use_the_group_key() {
+        let mut r = ring();
+        let key = r.ensure_topic("alerts.security");
+        let env = r
+            .seal(
+                "alice",
+                &SealItem {
+                    recipient: "alerts.security",
+                    topic: true,
+                    content_type: "Alert",
+                    payload: b"intrusion",
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(r.open("bob", &env, None).unwrap().payload, b"intrusion");
+        let mut outsider = KeyRing::new(30_000_000_000);
+        outsider.create_identity("eve").unwrap();
+        outsider.add_peer("alice", &r.bundle("alice").unwrap()).unwrap();
+        assert!(matches!(outsider.open("eve", &env, None), Err(CryptoError::UnknownTopic(_))));
+        outsider.set_topic_key("alerts.security", &key).unwrap();
+        assert_eq!(outsider.open("eve", &env, None).unwrap().payload, b"intrusion");
+    }
+
+    #[test]
+    fn cross_process_peers_agree_on_pair_keys() {
+        let mut a = KeyRing::new(30_000_000_000);
+        let mut b = KeyRing::new(30_000_000_000);
+        let ab = a.create_identity("alice").unwrap();
+        let bb = b.create_identity("bob").unwrap();
+        a.add_peer("bob", &bb).unwrap();
+        b.add_peer("alice", &ab).unwrap();
+        let env = a.seal("alice", &item("bob", b"over the wire"), None).unwrap();
+        assert_eq!(b.open("bob", &env, None).unwrap().payload, b"over the wire");
+    }
+}

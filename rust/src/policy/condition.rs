@@ -1,0 +1,276 @@
+//! Typed evaluation of condition expressions. A missing field or an operator applied to
+//! incompatible types is an error, never a silent `false`: the engine turns it into a denial.
+
+use std::cmp::Ordering;
+
+use super::ast::{CmpOp, Expr, Map, Root, Value};
+use super::{PolicyError, Result};
+
+/// What a decision is about: who (principal), does what (action), to what (resource), when
+/// and where (context). Ids are stored as `Value::Str` so paths can borrow them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub principal_id: Value,
+    pub principal_attrs: Map,
+    pub action: Value,
+    pub resource_id: Value,
+    pub resource_attrs: Map,
+    pub context: Map,
+}
+
+impl Request {
+    pub fn new(principal: &str, action: &str, resource: &str) -> Request {
+        Request {
+            principal_id: Value::Str(principal.into()),
+            principal_attrs: Map::new(),
+            action: Value::Str(action.into()),
+            resource_id: Value::Str(resource.into()),
+            resource_attrs: Map::new(),
+            context: Map::new(),
+        }
+    }
+
+    pub fn action(&self) -> &str {
+        match &self.action {
+            Value::Str(s) => s,
+            _ => "",
+        }
+    }
+
+    pub fn principal(&self) -> &str {
+        match &self.principal_id {
+            Value::Str(s) => s,
+            _ => "",
+        }
+    }
+
+    pub fn resource(&self) -> &str {
+        match &self.resource_id {
+            Value::Str(s) => s,
+            _ => "",
+        }
+    }
+}
+
+/// An operand: a borrowed value, or a boolean computed on the way.
+enum V<'a> {
+    R(&'a Value),
+    B(bool),
+}
+
+impl V<'_> {
+    fn get(&self) -> &Value {
+        match self {
+            V::R(v) => v,
+            V::B(true) => &Value::Bool(true),
+            V::B(false) => &Value::Bool(false),
+        }
+    }
+}
+
+fn path_name(root: Root, path: &[String]) -> String {
+    let mut s = String::from(match root {
+        Root::PrincipalId => "principal.id",
+        Root::PrincipalAttr => "principal.attrs",
+        Root::ResourceId => "resource.id",
+        Root::ResourceAttr => "resource.attrs",
+        Root::Action => "action",
+        Root::Context => "context",
+    });
+    for p in path {
+        s.push('.');
+        s.push_str(p);
+    }
+    s
+}
+
+fn lookup<'a>(req: &'a Request, root: Root, path: &[String]) -> Result<&'a Value> {
+    let base: &Map = match root {
+        Root::PrincipalId => return Ok(&req.principal_id),
+        Root::ResourceId => return Ok(&req.resource_id),
+        Root::Action => return Ok(&req.action),
+        Root::PrincipalAttr => &req.principal_attrs,
+        Root::ResourceAttr => &req.resource_attrs,
+        Root::Context => &req.context,
+    };
+    let Some((first, rest)) = path.split_first() else {
+        return Err(PolicyError::Eval(format!(
+            "{} is a whole mapping; compare one of its fields",
+            path_name(root, path)
+        )));
+    };
+    let missing = || {
+        PolicyError::Eval(format!(
+            "field {} is missing from the request",
+            path_name(root, path)
+        ))
+    };
+    let mut cur = base.get(first).ok_or_else(missing)?;
+    for (i, seg) in rest.iter().enumerate() {
+        match cur {
+            Value::Map(m) => cur = m.get(seg).ok_or_else(missing)?,
+            other => {
+                return Err(PolicyError::Eval(format!(
+                    "{} is a {}, so it has no field {seg:?}",
+                    path_name(root, &path[..=i]),
+                    other.type_name()
+                )))
+            }
+        }
+    }
+    Ok(cur)
+}
+
+fn num(v: &Value) -> Option<f64> {
+    match v {
+        Value::Int(i) => Some(*i as f64),
+        Value::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+/// Typed equality: `None` when the types cannot be compared.
+fn equal(a: &Value, b: &Value) -> Option<bool> {
+    Some(match (a, b) {
+        (Value::Int(x), Value::Int(y)) => x == y,
+        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => num(a) == num(b),
+        (Value::Str(x), Value::Str(y)) => x == y,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::Null, Value::Null) => true,
+        // null is comparable with anything: `x == null` asks "is it unset".
+        (Value::Null, _) | (_, Value::Null) => false,
+        (Value::List(x), Value::List(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| equal(p, q) == Some(true))
+        }
+        (Value::Map(x), Value::Map(y)) => x == y,
+        _ => return None,
+    })
+}
+
+fn order(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
+        (Value::Str(x), Value::Str(y)) => Some(x.cmp(y)),
+        _ => num(a)?.partial_cmp(&num(b)?),
+    }
+}
+
+fn mismatch(op: &str, a: &Value, b: &Value, e: &Expr) -> PolicyError {
+    PolicyError::Eval(format!(
+        "cannot apply `{op}` to a {} and a {} in `{}`",
+        a.type_name(),
+        b.type_name(),
+        super::ast::expr_to_string(e)
+    ))
+}
+
+fn eval<'a>(e: &'a Expr, req: &'a Request) -> Result<V<'a>> {
+    Ok(match e {
+        Expr::Lit(v) => V::R(v),
+        Expr::Path(root, path) => V::R(lookup(req, *root, path)?),
+        Expr::Not(x) => V::B(!truth(x, req)?),
+        Expr::And(a, b) => V::B(truth(a, req)? && truth(b, req)?),
+        Expr::Or(a, b) => V::B(truth(a, req)? || truth(b, req)?),
+        Expr::Cmp(op, a, b) => {
+            let (x, y) = (eval(a, req)?, eval(b, req)?);
+            let (x, y) = (x.get(), y.get());
+            let r = match op {
+                CmpOp::Eq => equal(x, y),
+                CmpOp::Ne => equal(x, y).map(|t| !t),
+                CmpOp::Lt => order(x, y).map(|o| o == Ordering::Less),
+                CmpOp::Le => order(x, y).map(|o| o != Ordering::Greater),
+                CmpOp::Gt => order(x, y).map(|o| o == Ordering::Greater),
+                CmpOp::Ge => order(x, y).map(|o| o != Ordering::Less),
+            };
+            // A NaN operand orders as neither: that is a type problem, not `false`.
+            V::B(r.ok_or_else(|| mismatch(op.as_str(), x, y, e))?)
+        }
+        Expr::In(a, b) => {
+            let (x, y) = (eval(a, req)?, eval(b, req)?);
+            let (x, y) = (x.get(), y.get());
+            V::B(match (x, y) {
+                (_, Value::List(items)) => items.iter().any(|i| equal(x, i) == Some(true)),
+                (Value::Str(s), Value::Str(hay)) => hay.contains(s.as_str()),
+                (Value::Str(s), Value::Map(m)) => m.contains_key(s),
+                _ => return Err(mismatch("in", x, y, e)),
+            })
+        }
+    })
+}
+
+/// Evaluate a condition to a boolean. Non-boolean results are a type error.
+pub fn truth(e: &Expr, req: &Request) -> Result<bool> {
+    match eval(e, req)? {
+        V::B(b) => Ok(b),
+        V::R(Value::Bool(b)) => Ok(*b),
+        V::R(other) => Err(PolicyError::Eval(format!(
+            "`{}` is a {}, not a bool; compare it, e.g. `{} == ...`",
+            super::ast::expr_to_string(e),
+            other.type_name(),
+            super::ast::expr_to_string(e)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parser::parse_condition;
+    use super::*;
+
+    fn req() -> Request {
+        let mut r = Request::new("agent-1", "send", "agent-2");
+        r.principal_attrs
+            .insert("role".into(), Value::Str("analyst".into()));
+        r.principal_attrs.insert("level".into(), Value::Int(3));
+        r.resource_attrs
+            .insert("labels".into(), Value::List(vec![Value::Str("pii".into())]));
+        r.context.insert("hour".into(), Value::Float(9.5));
+        r
+    }
+
+    fn check(text: &str) -> Result<bool> {
+        truth(&parse_condition(text, "c", &[]).unwrap(), &req())
+    }
+
+    #[test]
+    fn typed_operators() {
+        assert_eq!(check("principal.role == \"analyst\""), Ok(true));
+        assert_eq!(check("principal.level >= 3 && context.hour < 10"), Ok(true));
+        assert_eq!(
+            check("principal == \"agent-1\" && resource.id == \"agent-2\" && action == \"send\""),
+            Ok(true)
+        );
+        assert_eq!(check("\"pii\" in resource.labels"), Ok(true));
+        assert_eq!(check("\"ana\" in principal.role"), Ok(true));
+        assert_eq!(check("principal.level in [1, 2]"), Ok(false));
+        assert_eq!(
+            check("!(principal.level > 3) || nope"),
+            Ok(true),
+            "|| short-circuits"
+        );
+    }
+
+    #[test]
+    fn errors_are_errors() {
+        let e = check("principal.level == \"3\"").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot apply `==` to a number and a string"),
+            "{e}"
+        );
+        let e = check("principal.clearance == 1").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("principal.attrs.clearance is missing"),
+            "{e}"
+        );
+        let e = check("principal.role.name == 1").unwrap_err();
+        assert!(
+            e.to_string().contains("is a string, so it has no field"),
+            "{e}"
+        );
+        let e = check("principal.level").unwrap_err();
+        assert!(e.to_string().contains("not a bool"), "{e}");
+        assert!(check("principal.level in 3").is_err());
+    }
+}

@@ -1,0 +1,974 @@
+//! The HNSW graph (Malkov & Yashunin 2016, neighbour heuristic as in hnswlib).
+//!
+//! Concurrency model:
+//! - `Index.core` is a `RwLock<Core>`. Searches hold a read lock. A batch add takes the
+//!   write lock only to append the new vectors, metadata and (empty) nodes, then downgrades
+//!   to a read lock and links the new nodes on all cores, so queries keep running while the
+//!   graph grows. Links are guarded per node and layer (`RwLock<Vec<u32>>`, as hnswlib's
+//!   per-element locks), so concurrent inserters and readers always see a whole list.
+//! - `Index.writer` serializes mutations (add, delete, repair, save) with each other.
+//!
+//! Deletes are tombstones: a deleted node is never returned but still routes searches, so
+//! recall does not drop right after a delete. When the tombstones not yet repaired exceed
+//! `REPAIR_FRACTION` of the live items (or on `repair()` / `save()`), every live node that
+//! links to a deleted node gets its neighbour list rebuilt from its live neighbours plus
+//! the live neighbours of the deleted ones (heuristic selection), and deleted nodes are
+//! unlinked. Deleted slots keep their (unreachable) vectors until the index is saved and
+//! loaded again: `save` writes only live items.
+//!
+//! Filtered search evaluates the predicate on every node the traversal visits: all nodes
+//! route the search, only matching ones enter the result set. When the filter is very
+//! selective (estimated from a fixed sample of `SELECTIVITY_SAMPLE` items to match at most
+//! `BRUTE_FORCE_SELECTIVITY` of them), or the index is small (`BRUTE_FORCE_MAX_ITEMS`), the
+//! search is exact instead: the predicate is evaluated on every item and the matching ones
+//! are scored with full-precision distances. That keeps a 1% filter at recall 1.0, where a
+//! graph walk would have to visit ~100x more nodes to fill `ef` matching results.
+
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use rayon::prelude::*;
+
+use super::distance::Kernels;
+use super::filter::{Compiled, Filter, Interner, Lit, Meta};
+use super::quant::{Sq4, Sq4Query};
+use super::{Metric, Result, VectorError};
+
+/// Padding id in search results when fewer than k items match.
+pub const NO_ID: u64 = u64::MAX;
+pub(crate) const NONE: u32 = u32::MAX;
+/// Repair when unrepaired tombstones exceed this fraction of live items.
+pub const REPAIR_FRACTION: f64 = 0.1;
+/// Filters estimated to match at most this fraction of items are answered exactly.
+pub const BRUTE_FORCE_SELECTIVITY: f64 = 0.02;
+/// Filtered searches over at most this many items are answered exactly.
+pub const BRUTE_FORCE_MAX_ITEMS: usize = 2048;
+/// Items sampled to estimate a filter's selectivity.
+pub const SELECTIVITY_SAMPLE: usize = 1024;
+const MAX_LEVEL: usize = 16;
+
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub dim: usize,
+    pub metric: Metric,
+    pub m: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+    pub sq4: bool,
+    pub seed: u64,
+}
+
+impl Params {
+    pub fn validate(&self) -> Result<()> {
+        if self.dim == 0 || self.dim > 65_536 {
+            return Err(VectorError::arg("dim", "dim must be between 1 and 65536"));
+        }
+        if self.m < 2 || self.m > 256 {
+            return Err(VectorError::arg("m", "m must be between 2 and 256 (16 is a good default)"));
+        }
+        if self.ef_construction < 1 || self.ef_construction > 100_000 {
+            return Err(VectorError::arg("ef_construction", "ef_construction must be between 1 and 100000"));
+        }
+        if self.ef_search < 1 || self.ef_search > 100_000 {
+            return Err(VectorError::arg("ef_search", "ef_search must be between 1 and 100000"));
+        }
+        Ok(())
+    }
+}
+
+/// Float32 vectors, row-major: an optional read-only mmap'd base (after `load`) followed by
+/// rows appended in memory.
+pub struct Vectors {
+    pub dim: usize,
+    pub base: Option<memmap2::Mmap>,
+    pub base_rows: usize,
+    pub tail: Vec<f32>,
+}
+
+impl Vectors {
+    pub fn new(dim: usize) -> Self {
+        Vectors {
+            dim,
+            base: None,
+            base_rows: 0,
+            tail: Vec::new(),
+        }
+    }
+
+    #[inline]
+    pub fn row(&self, i: usize) -> &[f32] {
+        let d = self.dim;
+        if i < self.base_rows {
+            let m = self.base.as_ref().expect("base rows without a mapping");
+            // SAFETY: `store::load` checked the file length (base_rows * dim * 4 bytes), the
+            // mapping is page-aligned (so f32-aligned), read-only and lives as long as self;
+            // the platform is little-endian (checked at load).
+            let all = unsafe { std::slice::from_raw_parts(m.as_ptr() as *const f32, self.base_rows * d) };
+            &all[i * d..(i + 1) * d]
+        } else {
+            let j = i - self.base_rows;
+            &self.tail[j * d..(j + 1) * d]
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.base_rows + self.tail.len() / self.dim
+    }
+}
+
+/// One graph node: its top layer and one neighbour list per layer `0..=level`.
+pub struct Node {
+    pub level: u8,
+    pub links: Box<[RwLock<Vec<u32>>]>,
+}
+
+impl Node {
+    pub fn new(level: usize, m: usize) -> Self {
+        let links = (0..=level)
+            .map(|l| RwLock::new(Vec::with_capacity(if l == 0 { 2 * m } else { m })))
+            .collect();
+        Node {
+            level: level as u8,
+            links,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct C(f32, u32);
+impl Eq for C {}
+impl PartialOrd for C {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for C {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
+    }
+}
+
+struct Visited {
+    marks: Vec<u32>,
+    epoch: u32,
+}
+
+impl Visited {
+    fn reset(&mut self, n: usize) {
+        if self.marks.len() < n {
+            self.marks.resize(n, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.marks.fill(0);
+            self.epoch = 1;
+        }
+    }
+    #[inline]
+    fn insert(&mut self, i: u32) -> bool {
+        let m = &mut self.marks[i as usize];
+        if *m == self.epoch {
+            false
+        } else {
+            *m = self.epoch;
+            true
+        }
+    }
+}
+
+thread_local! {
+    static VISITED: RefCell<Visited> = const { RefCell::new(Visited { marks: Vec::new(), epoch: 0 }) };
+}
+
+/// Everything behind the index lock.
+pub struct Core {
+    pub p: Params,
+    pub k: Kernels,
+    pub vecs: Vectors,
+    pub sq: Option<Sq4>,
+    pub codes: Vec<u8>,
+    pub code_bytes: usize,
+    /// Item count when the SQ4 bounds were last fitted.
+    pub fitted_at: usize,
+    pub nodes: Vec<Node>,
+    pub ids: Vec<u64>,
+    pub slot_of: HashMap<u64, u32>,
+    pub deleted: Vec<bool>,
+    pub n_deleted: usize,
+    /// Deleted nodes already unlinked by `repair`.
+    pub n_purged: usize,
+    pub meta: Vec<Option<Meta>>,
+    pub interner: Interner,
+    /// (entry node, its level); `NONE` when empty.
+    pub entry: RwLock<(u32, u8)>,
+    pub rng: u64,
+    pub mmap_path: Option<String>,
+}
+
+impl Core {
+    pub fn new(p: Params) -> Result<Self> {
+        p.validate()?;
+        Ok(Core {
+            k: Kernels::detect(),
+            vecs: Vectors::new(p.dim),
+            sq: None,
+            codes: Vec::new(),
+            code_bytes: Sq4::code_bytes(p.dim),
+            fitted_at: 0,
+            nodes: Vec::new(),
+            ids: Vec::new(),
+            slot_of: HashMap::new(),
+            deleted: Vec::new(),
+            n_deleted: 0,
+            n_purged: 0,
+            meta: Vec::new(),
+            interner: Interner::default(),
+            entry: RwLock::new((NONE, 0)),
+            rng: p.seed ^ 0x9E37_79B9_7F4A_7C15,
+            mmap_path: None,
+            p,
+        })
+    }
+
+    pub fn live(&self) -> usize {
+        self.nodes.len() - self.n_deleted
+    }
+
+    #[inline]
+    pub fn exact(&self, q: &[f32], slot: u32) -> f32 {
+        let v = self.vecs.row(slot as usize);
+        match self.p.metric {
+            Metric::L2 => (self.k.l2)(q, v),
+            _ => 1.0 - (self.k.dot)(q, v),
+        }
+    }
+
+    #[inline]
+    fn code(&self, slot: u32) -> &[u8] {
+        let b = self.code_bytes;
+        &self.codes[slot as usize * b..(slot as usize + 1) * b]
+    }
+
+    fn next_rand(&mut self) -> f64 {
+        // splitmix64: deterministic levels for a given seed and insertion order.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    fn random_level(&mut self) -> usize {
+        let ml = 1.0 / (self.p.m as f64).ln();
+        ((-self.next_rand().ln() * ml).floor() as usize).min(MAX_LEVEL)
+    }
+
+    /// Phase one of an add (write lock held): validate ids, tombstone replaced items and
+    /// append the new rows, metadata and empty nodes. Returns the new slots.
+    pub fn stage(
+        &mut self,
+        ids: &[u64],
+        data: &[f32],
+        metas: Vec<Option<Vec<(String, Lit)>>>,
+        upsert: bool,
+    ) -> Result<Range<usize>> {
+        let d = self.p.dim;
+        if data.len() != ids.len() * d {
+            return Err(VectorError::arg(
+                "ids",
+                format!("got {} ids for {} vectors; pass one id per row", ids.len(), data.len() / d),
+            ));
+        }
+        if !metas.is_empty() && metas.len() != ids.len() {
+            return Err(VectorError::arg(
+                "metadata",
+                format!("got {} metadata entries for {} ids; pass one per id (or None)", metas.len(), ids.len()),
+            ));
+        }
+        let mut seen = HashSet::with_capacity(ids.len());
+        for &id in ids {
+            if id == NO_ID {
+                return Err(VectorError::arg("ids", "id 2**64-1 is reserved (it pads missing results); use a smaller id"));
+            }
+            if !seen.insert(id) {
+                return Err(VectorError::arg("ids", format!("id {id} appears twice in one batch; pass each id once")));
+            }
+            if !upsert && self.slot_of.contains_key(&id) {
+                return Err(VectorError::DuplicateId { id });
+            }
+        }
+        if self.nodes.len() + ids.len() >= NONE as usize {
+            return Err(VectorError::arg("ids", "the index is full (2**32-1 slots); save and load it to compact deleted items"));
+        }
+        if upsert {
+            for id in ids {
+                if let Some(old) = self.slot_of.remove(id) {
+                    self.deleted[old as usize] = true;
+                    self.n_deleted += 1;
+                }
+            }
+        }
+        let start = self.nodes.len();
+        self.vecs.tail.extend_from_slice(data);
+        let mut metas = metas.into_iter();
+        for &id in ids {
+            let level = self.random_level();
+            let slot = self.nodes.len() as u32;
+            self.nodes.push(Node::new(level, self.p.m));
+            self.ids.push(id);
+            self.slot_of.insert(id, slot);
+            self.deleted.push(false);
+            let m = metas.next().flatten().map(|m| self.interner.make_meta(&m));
+            self.meta.push(m);
+        }
+        if self.p.sq4 {
+            self.update_codes(start);
+        }
+        Ok(start..self.nodes.len())
+    }
+
+    /// Encode the rows from `start`; refit the bounds (re-encoding everything) when the
+    /// index has doubled since the last fit.
+    fn update_codes(&mut self, start: usize) {
+        let n = self.nodes.len();
+        let cb = self.code_bytes;
+        let refit = self.sq.is_none() || n >= 2 * self.fitted_at.max(1);
+        if refit {
+            let live: Vec<usize> = (0..n).filter(|&i| !self.deleted[i]).collect();
+            let step = (live.len() / 20_000).max(1);
+            let vecs = &self.vecs;
+            let sample = live.iter().step_by(step).map(|&i| vecs.row(i));
+            self.sq = Some(Sq4::fit(self.p.dim, sample));
+            self.fitted_at = n;
+        }
+        let sq = self.sq.as_ref().expect("fitted above");
+        let from = if refit { 0 } else { start };
+        self.codes.resize(n * cb, 0);
+        let vecs = &self.vecs;
+        self.codes[from * cb..]
+            .par_chunks_mut(cb)
+            .enumerate()
+            .for_each(|(i, c)| sq.encode(vecs.row(from + i), c));
+    }
+
+    fn search_layer<D, A>(&self, dist: &D, eps: &[C], ef: usize, layer: usize, accept: &A) -> Vec<C>
+    where
+        D: Fn(u32) -> f32,
+        A: Fn(u32) -> bool,
+    {
+        VISITED.with(|v| {
+            let mut vis = v.borrow_mut();
+            vis.reset(self.nodes.len());
+            let mut cand: BinaryHeap<Reverse<C>> = BinaryHeap::with_capacity(ef * 4);
+            let mut res: BinaryHeap<C> = BinaryHeap::with_capacity(ef + 1);
+            for &c in eps {
+                if vis.insert(c.1) {
+                    cand.push(Reverse(c));
+                    if accept(c.1) {
+                        res.push(c);
+                    }
+                }
+            }
+            while res.len() > ef {
+                res.pop();
+            }
+            let mut bound = if res.len() >= ef { res.peek().map_or(f32::INFINITY, |c| c.0) } else { f32::INFINITY };
+            while let Some(Reverse(c)) = cand.pop() {
+                if c.0 > bound {
+                    break;
+                }
+                let node = &self.nodes[c.1 as usize];
+                if layer >= node.links.len() {
+                    continue;
+                }
+                let links = node.links[layer].read();
+                for &n in links.iter() {
+                    if !vis.insert(n) {
+                        continue;
+                    }
+                    let d = dist(n);
+                    if d < bound {
+                        cand.push(Reverse(C(d, n)));
+                        if accept(n) {
+                            res.push(C(d, n));
+                            if res.len() > ef {
+                                res.pop();
+                            }
+                            if res.len() >= ef {
+                                bound = res.peek().map_or(f32::INFINITY, |c| c.0);
+                            }
+                        }
+                    }
+                }
+            }
+            res.into_sorted_vec()
+        })
+    }
+
+    /// Greedy descent from `cur` through layers `top` down to `stop + 1`.
+    fn greedy<D: Fn(u32) -> f32>(&self, dist: &D, mut cur: C, top: usize, stop: usize) -> C {
+        for layer in (stop + 1..=top).rev() {
+            loop {
+                let mut changed = false;
+                let node = &self.nodes[cur.1 as usize];
+                if layer < node.links.len() {
+                    let links = node.links[layer].read();
+                    for &n in links.iter() {
+                        let d = dist(n);
+                        if d < cur.0 {
+                            cur = C(d, n);
+                            changed = true;
+                        }
+                    }
+                }
+                if !changed {
+                    break;
+                }
+            }
+        }
+        cur
+    }
+
+    /// hnswlib's neighbour heuristic: keep a candidate only if it is closer to the base
+    /// than to every neighbour kept so far (spreads links across directions).
+    fn select(&self, cands: &[C], m: usize) -> Vec<u32> {
+        let mut out: Vec<u32> = Vec::with_capacity(m);
+        for &C(d, c) in cands {
+            if out.len() >= m {
+                break;
+            }
+            let vc = self.vecs.row(c as usize);
+            if out.iter().all(|&o| self.exact(vc, o) > d) {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn connect(&self, n: u32, s: u32, layer: usize, mmax: usize) {
+        let node = &self.nodes[n as usize];
+        if layer >= node.links.len() {
+            return;
+        }
+        let mut l = node.links[layer].write();
+        if l.contains(&s) {
+            return;
+        }
+        if l.len() < mmax {
+            l.push(s);
+            return;
+        }
+        let vn = self.vecs.row(n as usize);
+        let mut c: Vec<C> = l.iter().map(|&x| C(self.exact(vn, x), x)).collect();
+        c.push(C(self.exact(vn, s), s));
+        c.sort_unstable();
+        *l = self.select(&c, mmax);
+    }
+
+    /// Phase two of an add (read lock held, runs in parallel): link node `s` into the graph.
+    pub fn insert(&self, s: u32) {
+        let lvl = self.nodes[s as usize].level as usize;
+        let q = self.vecs.row(s as usize);
+        let dist = |n: u32| self.exact(q, n);
+        let (ep, top) = {
+            let mut e = self.entry.write();
+            if e.0 == NONE {
+                *e = (s, lvl as u8);
+                return;
+            }
+            (e.0, e.1 as usize)
+        };
+        let mut cur = C(dist(ep), ep);
+        if top > lvl {
+            cur = self.greedy(&dist, cur, top, lvl);
+        }
+        let mut eps = vec![cur];
+        let accept = |n: u32| n != s && !self.deleted[n as usize];
+        for layer in (0..=lvl.min(top)).rev() {
+            let w = self.search_layer(&dist, &eps, self.p.ef_construction, layer, &accept);
+            let mmax = if layer == 0 { 2 * self.p.m } else { self.p.m };
+            let sel = self.select(&w, self.p.m);
+            *self.nodes[s as usize].links[layer].write() = sel.clone();
+            for &n in &sel {
+                self.connect(n, s, layer, mmax);
+            }
+            if !w.is_empty() {
+                eps = w;
+            }
+        }
+        if lvl > top {
+            let mut e = self.entry.write();
+            if lvl > e.1 as usize || e.0 == NONE {
+                *e = (s, lvl as u8);
+            }
+        }
+    }
+
+    /// Tombstone `ids`. With `missing_ok=false` nothing changes unless every id exists.
+    pub fn delete(&mut self, ids: &[u64], missing_ok: bool) -> Result<usize> {
+        if !missing_ok {
+            if let Some(&id) = ids.iter().find(|id| !self.slot_of.contains_key(id)) {
+                return Err(VectorError::UnknownId { id });
+            }
+        }
+        let mut n = 0;
+        for id in ids {
+            if let Some(slot) = self.slot_of.remove(id) {
+                self.deleted[slot as usize] = true;
+                self.meta[slot as usize] = None;
+                self.n_deleted += 1;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn needs_repair(&self) -> bool {
+        let pending = self.n_deleted - self.n_purged;
+        pending > 0 && (pending as f64) > REPAIR_FRACTION * (self.live().max(1) as f64)
+    }
+
+    /// Rebuild the neighbour lists that point at deleted nodes and unlink the deleted
+    /// nodes. Returns how many tombstones were purged.
+    pub fn repair(&mut self) -> usize {
+        let pending = self.n_deleted - self.n_purged;
+        if pending == 0 {
+            return 0;
+        }
+        let this: &Core = self;
+        (0..this.nodes.len()).into_par_iter().filter(|&i| !this.deleted[i]).for_each(|i| {
+            let node = &this.nodes[i];
+            for layer in 0..node.links.len() {
+                let cur: Vec<u32> = node.links[layer].read().clone();
+                if !cur.iter().any(|&x| this.deleted[x as usize]) {
+                    continue;
+                }
+                let mut cs: Vec<u32> = Vec::with_capacity(cur.len() * 2);
+                for &x in &cur {
+                    if !this.deleted[x as usize] {
+                        cs.push(x);
+                    } else if layer < this.nodes[x as usize].links.len() {
+                        // Deleted nodes' lists are never written during repair.
+                        for &y in this.nodes[x as usize].links[layer].read().iter() {
+                            if y as usize != i && !this.deleted[y as usize] {
+                                cs.push(y);
+                            }
+                        }
+                    }
+                }
+                cs.sort_unstable();
+                cs.dedup();
+                let v = this.vecs.row(i);
+                let mut c: Vec<C> = cs.iter().map(|&y| C(this.exact(v, y), y)).collect();
+                c.sort_unstable();
+                let mmax = if layer == 0 { 2 * this.p.m } else { this.p.m };
+                *node.links[layer].write() = this.select(&c, mmax);
+            }
+        });
+        for i in 0..self.nodes.len() {
+            if self.deleted[i] {
+                for l in self.nodes[i].links.iter() {
+                    *l.write() = Vec::new();
+                }
+            }
+        }
+        let (ep, _) = *self.entry.read();
+        if ep != NONE && self.deleted[ep as usize] {
+            let best = (0..self.nodes.len())
+                .filter(|&i| !self.deleted[i])
+                .max_by_key(|&i| (self.nodes[i].level, Reverse(i)));
+            *self.entry.write() = match best {
+                Some(i) => (i as u32, self.nodes[i].level),
+                None => (NONE, 0),
+            };
+        }
+        self.n_purged = self.n_deleted;
+        pending
+    }
+
+    fn brute<A: Fn(u32) -> bool>(&self, q: &[f32], k: usize, accept: &A) -> Vec<C> {
+        let mut heap: BinaryHeap<C> = BinaryHeap::with_capacity(k + 1);
+        for i in 0..self.nodes.len() as u32 {
+            if !accept(i) {
+                continue;
+            }
+            let d = self.exact(q, i);
+            if heap.len() < k {
+                heap.push(C(d, i));
+            } else if heap.peek().is_some_and(|t| d < t.0) {
+                heap.pop();
+                heap.push(C(d, i));
+            }
+        }
+        heap.into_sorted_vec()
+    }
+
+    fn graph_search<A: Fn(u32) -> bool>(&self, q: &[f32], k: usize, ef: usize, accept: &A) -> Vec<C> {
+        let (ep, top) = *self.entry.read();
+        if ep == NONE {
+            return Vec::new();
+        }
+        let ef = ef.max(k);
+        if let Some(sq) = &self.sq {
+            let sqq = Sq4Query::new(sq, q, self.p.metric == Metric::L2);
+            let dist = |n: u32| sqq.distance(&self.k, sq, self.code(n));
+            let cur = self.greedy(&dist, C(dist(ep), ep), top as usize, 0);
+            let w = self.search_layer(&dist, &[cur], ef, 0, accept);
+            // Full-precision rerank of every candidate from the float32 store.
+            let mut r: Vec<C> = w.iter().map(|c| C(self.exact(q, c.1), c.1)).collect();
+            r.sort_unstable();
+            r.truncate(k);
+            r
+        } else {
+            let dist = |n: u32| self.exact(q, n);
+            let cur = self.greedy(&dist, C(dist(ep), ep), top as usize, 0);
+            let mut w = self.search_layer(&dist, &[cur], ef, 0, accept);
+            w.truncate(k);
+            w
+        }
+    }
+
+    fn filter_is_selective<A: Fn(u32) -> bool>(&self, accept: &A) -> bool {
+        let n = self.nodes.len();
+        if self.live() <= BRUTE_FORCE_MAX_ITEMS {
+            return true;
+        }
+        let stride = (n / SELECTIVITY_SAMPLE).max(1);
+        let (mut seen, mut hit) = (0usize, 0usize);
+        for i in (0..n).step_by(stride) {
+            if !self.deleted[i] {
+                seen += 1;
+                hit += accept(i as u32) as usize;
+            }
+        }
+        seen == 0 || (hit as f64) <= BRUTE_FORCE_SELECTIVITY * seen as f64
+    }
+
+    /// Search one prepared query; returns (distance, slot) ascending.
+    pub fn search_one(&self, q: &[f32], k: usize, ef: usize, filter: Option<&Compiled>) -> Vec<(f32, u32)> {
+        if self.live() == 0 || k == 0 {
+            return Vec::new();
+        }
+        let r = match filter {
+            None => self.graph_search(q, k, ef, &|i: u32| !self.deleted[i as usize]),
+            Some(f) => {
+                let accept = |i: u32| {
+                    !self.deleted[i as usize] && f.matches(&self.interner, self.meta[i as usize].as_ref())
+                };
+                if self.filter_is_selective(&accept) {
+                    self.brute(q, k, &accept)
+                } else {
+                    let r = self.graph_search(q, k, ef, &accept);
+                    if r.len() < k {
+                        // The walk ran out of matching nodes: make sure none were missed.
+                        self.brute(q, k, &accept)
+                    } else {
+                        r
+                    }
+                }
+            }
+        };
+        r.into_iter().map(|c| (c.0, c.1)).collect()
+    }
+}
+
+/// The thread-safe index.
+pub struct Index {
+    pub writer: Mutex<()>,
+    pub core: RwLock<Core>,
+}
+
+fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let mut pools = POOLS.get_or_init(Default::default).lock();
+    pools
+        .entry(threads)
+        .or_insert_with(|| {
+            Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("cannot start vector index threads"),
+            )
+        })
+        .clone()
+}
+
+/// Run `f` on `threads` workers (None: all cores).
+pub fn with_threads<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
+    match threads {
+        Some(n) if n >= 1 => pool(n).install(f),
+        _ => f(),
+    }
+}
+
+/// One search's results, flattened: `nq * k` ids and distances, padded with `NO_ID` / inf.
+pub struct Hits {
+    pub ids: Vec<u64>,
+    pub dists: Vec<f32>,
+}
+
+impl Index {
+    pub fn new(p: Params) -> Result<Self> {
+        Ok(Index {
+            writer: Mutex::new(()),
+            core: RwLock::new(Core::new(p)?),
+        })
+    }
+
+    pub fn from_core(core: Core) -> Self {
+        Index {
+            writer: Mutex::new(()),
+            core: RwLock::new(core),
+        }
+    }
+
+    /// Add (or with `upsert`, replace) a batch. `data` must already be validated and, for
+    /// cosine, normalized (`super::prepare_rows`).
+    pub fn add(
+        &self,
+        ids: &[u64],
+        data: &[f32],
+        metas: Vec<Option<Vec<(String, Lit)>>>,
+        upsert: bool,
+        threads: Option<usize>,
+    ) -> Result<usize> {
+        let _w = self.writer.lock();
+        let mut core = self.core.write();
+        let range = core.stage(ids, data, metas, upsert)?;
+        let core = RwLockWriteGuard::downgrade(core);
+        let c: &Core = &core;
+        let mut slots = range.clone();
+        // The first node of an empty graph becomes the entry point before the parallel part.
+        if c.entry.read().0 == NONE {
+            if let Some(first) = slots.next() {
+                c.insert(first as u32);
+            }
+        }
+        if slots.len() <= 1 || threads == Some(1) {
+            slots.for_each(|s| c.insert(s as u32));
+        } else {
+            with_threads(threads, || slots.into_par_iter().for_each(|s| c.insert(s as u32)));
+        }
+        let repair = c.needs_repair();
+        drop(core);
+        if repair {
+            self.core.write().repair();
+        }
+        Ok(range.len())
+    }
+
+    pub fn delete(&self, ids: &[u64], missing_ok: bool) -> Result<usize> {
+        let _w = self.writer.lock();
+        let mut core = self.core.write();
+        let n = core.delete(ids, missing_ok)?;
+        if core.needs_repair() {
+            core.repair();
+        }
+        Ok(n)
+    }
+
+    pub fn repair(&self) -> usize {
+        let _w = self.writer.lock();
+        self.core.write().repair()
+    }
+
+    /// Search `nq` prepared queries (row-major).
+    pub fn search(
+        &self,
+        queries: &[f32],
+        k: usize,
+        ef: Option<usize>,
+        filter: Option<&Filter>,
+        threads: Option<usize>,
+    ) -> Result<Hits> {
+        if k == 0 || k > 100_000 {
+            return Err(VectorError::arg("k", format!("k must be between 1 and 100000, got {k}")));
+        }
+        if let Some(e) = ef {
+            if e == 0 || e > 100_000 {
+                return Err(VectorError::arg("ef", format!("ef must be between 1 and 100000, got {e}")));
+            }
+        }
+        let core = self.core.read();
+        let d = core.p.dim;
+        let nq = queries.len() / d;
+        let compiled = filter.map(|f| f.compile(&core.interner));
+        let ef = ef.unwrap_or(core.p.ef_search);
+        let c: &Core = &core;
+        let run = |i: usize| c.search_one(&queries[i * d..(i + 1) * d], k, ef, compiled.as_ref());
+        let results: Vec<Vec<(f32, u32)>> = if nq <= 1 || threads == Some(1) {
+            (0..nq).map(run).collect()
+        } else {
+            with_threads(threads, || (0..nq).into_par_iter().map(run).collect())
+        };
+        let mut ids = vec![NO_ID; nq * k];
+        let mut dists = vec![f32::INFINITY; nq * k];
+        for (qi, r) in results.iter().enumerate() {
+            for (j, &(dist, slot)) in r.iter().enumerate() {
+                ids[qi * k + j] = c.ids[slot as usize];
+                dists[qi * k + j] = dist;
+            }
+        }
+        Ok(Hits { ids, dists })
+    }
+
+    pub fn get(&self, id: u64) -> Result<(Vec<f32>, Option<Vec<(String, Lit)>>)> {
+        let core = self.core.read();
+        let slot = *core.slot_of.get(&id).ok_or(VectorError::UnknownId { id })? as usize;
+        let v = core.vecs.row(slot).to_vec();
+        let m = core.meta[slot].as_ref().map(|m| core.interner.meta_to_lits(m));
+        Ok((v, m))
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.core.read().slot_of.contains_key(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.core.read().live()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Clustered test data: `n` points around `clusters` centers.
+    pub fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut rnd = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
+        };
+        let centers: Vec<f32> = (0..clusters * dim).map(|_| rnd() * 3.0).collect();
+        let mut out = Vec::with_capacity(n * dim);
+        for i in 0..n {
+            let c = i % clusters;
+            for d in 0..dim {
+                out.push(centers[c * dim + d] + rnd());
+            }
+        }
+        out
+    }
+
+    pub fn params(dim: usize, metric: Metric, sq4: bool) -> Params {
+        Params {
+            dim,
+            metric,
+            m: 16,
+            ef_construction: 100,
+            ef_search: 64,
+            sq4,
+            seed: 7,
+        }
+    }
+
+    fn recall(idx: &Index, data: &[f32], queries: &[f32], metric: Metric, k: usize) -> f64 {
+        let core = idx.core.read();
+        let d = core.p.dim;
+        let nq = queries.len() / d;
+        let hits = {
+            drop(core);
+            idx.search(queries, k, Some(200), None, None).unwrap()
+        };
+        let core = idx.core.read();
+        let mut found = 0;
+        for qi in 0..nq {
+            let q = &queries[qi * d..(qi + 1) * d];
+            let mut all: Vec<(f32, u64)> = (0..data.len() / d)
+                .filter(|&i| core.slot_of.contains_key(&(i as u64)))
+                .map(|i| (core.exact(q, core.slot_of[&(i as u64)]), i as u64))
+                .collect();
+            all.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let truth: HashSet<u64> = all.iter().take(k).map(|x| x.1).collect();
+            found += hits.ids[qi * k..(qi + 1) * k].iter().filter(|i| truth.contains(i)).count();
+        }
+        let _ = metric;
+        found as f64 / (nq * k) as f64
+    }
+
+    fn build(metric: Metric, sq4: bool, n: usize) -> (Index, Vec<f32>) {
+        let dim = 32;
+        let mut data = clustered(n, dim, 20, 1);
+        // Inner product on unnormalized data is not a metric (HNSW recall drops, as in
+        // hnswlib); test dot on unit vectors, the embedding case.
+        let norm = if metric == Metric::Dot { Metric::Cosine } else { metric };
+        super::super::prepare_rows("vectors", &mut data, dim, norm).unwrap();
+        let idx = Index::new(params(dim, metric, sq4)).unwrap();
+        let ids: Vec<u64> = (0..n as u64).collect();
+        idx.add(&ids, &data, vec![], false, None).unwrap();
+        (idx, data)
+    }
+
+    #[test]
+    fn recall_each_metric() {
+        for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+            for sq4 in [false, true] {
+                let (idx, data) = build(metric, sq4, 3000);
+                let mut q = clustered(50, 32, 20, 9);
+                let norm = if metric == Metric::Dot { Metric::Cosine } else { metric };
+                super::super::prepare_rows("queries", &mut q, 32, norm).unwrap();
+                let r = recall(&idx, &data, &q, metric, 10);
+                assert!(r >= 0.95, "{metric:?} sq4={sq4}: recall {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn delete_repair_and_upsert() {
+        let (idx, data) = build(Metric::L2, false, 2000);
+        let del: Vec<u64> = (0..2000).step_by(3).collect();
+        idx.delete(&del, false).unwrap();
+        assert_eq!(idx.core.read().n_purged, del.len(), "repair ran");
+        let q = &data[0..32];
+        let hits = idx.search(q, 10, None, None, None).unwrap();
+        assert!(hits.ids.iter().all(|i| i % 3 != 0));
+        assert!(matches!(idx.delete(&[0], false), Err(VectorError::UnknownId { id: 0 })));
+        // Upsert moves id 1 onto the vector of id 0.
+        idx.add(&[1], q, vec![], true, None).unwrap();
+        let hits = idx.search(q, 1, None, None, None).unwrap();
+        assert_eq!(hits.ids[0], 1);
+        assert!(hits.dists[0].abs() < 1e-4);
+        assert!(matches!(idx.add(&[1], q, vec![], false, None), Err(VectorError::DuplicateId { id: 1 })));
+        let r = recall(&idx, &data, &data[32 * 100..32 * 150], Metric::L2, 10);
+        assert!(r >= 0.9, "recall after deletes {r}");
+    }
+
+    #[test]
+    fn filtered_search_only_returns_matches() {
+        let dim = 16;
+        let n = 5000;
+        let data = clustered(n, dim, 10, 3);
+        let idx = Index::new(params(dim, Metric::L2, false)).unwrap();
+        let ids: Vec<u64> = (0..n as u64).collect();
+        let metas = (0..n)
+            .map(|i| Some(vec![("bucket".to_string(), Lit::Int((i % 100) as i64))]))
+            .collect();
+        idx.add(&ids, &data, metas, false, None).unwrap();
+        for (lim, expect_all) in [(1i64, true), (50, false)] {
+            let f = Filter::Cmp {
+                field: "bucket".into(),
+                op: super::super::filter::Op::Lt,
+                value: Lit::Int(lim),
+            };
+            let hits = idx.search(&data[..dim], 10, None, Some(&f), None).unwrap();
+            assert!(hits.ids.iter().all(|&i| (i % 100) < lim as u64), "{:?}", hits.ids);
+            assert!(hits.ids.iter().all(|&i| i != NO_ID));
+            if expect_all {
+                assert_eq!(hits.ids[0], 0);
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import symbi
+from symbi import Agent, Config, Priority, ResourceLimits, RuntimeConfig, handler
+from symbi.errors import (
+    DeliveryError,
+    IllegalTransition,
+    InvalidArgument,
+    PolicyDenied,
+    RequestTimeout,
+    ResourceLimitExceeded,
+)
+from symbi.lifecycle import AgentState
+
+pytestmark = pytest.mark.anyio
+
+
+class Task(symbi.Message):
+    text: str
+
+
+class Urgent(Task):
+    pass
+
+
+class Sleep(symbi.Message):
+    seconds: float
+
+
+class Echo(Agent):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    @handler
+    async def on_task(self, msg: Task, ctx: symbi.Context) -> Task:
+        self.seen.append(msg.text)
+        return Task(text=msg.text.upper())
+
+    @handler
+    async def on_sleep(self, msg: Sleep, ctx: symbi.Context) -> str:
+        await anyio.sleep(msg.seconds)
+        return f"slept {msg.seconds}"
+
+
+def config(**runtime: object) -> Config:
+    base = {"gc_interval_ms": 50, "shutdown_grace_s": 1.0, **runtime}
+    return Config().replace(runtime=RuntimeConfig(**base))  # type: ignore[arg-type]
+
+
+async def test_request_runs_the_handler_for_the_type_and_its_subclasses():
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(Echo, name="echo", priority=Priority.HIGH)
+        assert rt.state_of(a.id) is AgentState.READY
+        assert await rt.request(a.id, Task(text="hi"), timeout=2) == Task(text="HI")
+        # Urgent has no handler of its own: the nearest base class's handles it.
+        assert await rt.request("echo", Urgent(text="x"), timeout=2) == Task(text="X")
+        assert rt.usage(a.id).tasks == 2
+
+
+async def test_a_function_is_an_agent():
+    async def double(msg: Task, ctx: symbi.Context) -> str:
+        return msg.text * 2
+
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(double, name="double")
+        assert await rt.request(a.id, Task(text="ab"), timeout=2) == "abab"
+
+
+async def test_messages_to_one_agent_are_handled_in_order():
+    agent = Echo()
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(agent, name="echo")
+        for i in range(50):
+            await rt.send(Task(text=str(i)), to=a.id, timeout=2)
+        await rt.request(a.id, Task(text="last"), timeout=5)
+    assert agent.seen == [*map(str, range(50)), "last"]
+
+
+async def test_lifecycle_of_a_task_is_observed_and_audited():
+    async with symbi.Runtime(config()) as rt:
+        seen: list[tuple[str, str]] = []
+        rt.lifecycle.subscribe(lambda t: seen.append((t.from_state.value, t.to_state.value)))
+        a = await rt.spawn(Echo, name="echo")
+        await rt.request(a.id, Task(text="x"), timeout=2)
+        assert seen == [("initializing", "ready"), ("ready", "running"), ("running", "ready")]
+        assert rt.audit is not None
+        await rt.audit.flush()
+        kinds = [(e.event_type, e.details.get("to")) for e in rt.audit.query(agent=a.id)]
+        assert ("agent.spawn", None) in kinds
+        assert ("agent.lifecycle", "running") in kinds and ("agent.lifecycle", "ready") in kinds
+
+
+async def test_undeliverable_messages_raise_and_are_dead_lettered():
+    class Other(symbi.Message):
+        n: int
+
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(Echo, name="echo")
+        with pytest.raises(DeliveryError) as ei:
+            await rt.send(Other(n=1), to=a.id)
+        assert ei.value.reason == "no handler"
+        with pytest.raises(DeliveryError, match="no live agent"):
+            await rt.send(Task(text="x"), to="nobody")
+        assert rt.dead_letters == [(a.id, "Other", "no handler")]
+        assert rt.status().dead_letters == 1
+
+
+async def test_handler_errors_reach_the_requester_and_the_agent_carries_on():
+    async def picky(msg: Task, ctx: symbi.Context) -> str:
+        if msg.text == "bad":
+            raise ValueError("cannot handle bad")
+        return "ok"
+
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(picky, name="picky")
+        with pytest.raises(ValueError, match="cannot handle bad"):
+            await rt.request(a.id, Task(text="bad"), timeout=2)
+        assert await rt.request(a.id, Task(text="good"), timeout=2) == "ok"
+
+
+async def test_request_timeout():
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(Echo, name="echo")
+        with pytest.raises(RequestTimeout) as ei:
+            await rt.request(a.id, Sleep(seconds=1.0), timeout=0.05)
+        assert ei.value.timeout == 0.05
+        assert ei.value.recipient == a.id
+
+
+async def test_execution_timeout_cancels_the_task_and_the_agent_returns_to_ready():
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(Echo, name="echo", limits=ResourceLimits(execution_timeout=0.05))
+        with pytest.raises(ResourceLimitExceeded) as ei:
+            await rt.request(a.id, Sleep(seconds=5), timeout=2)
+        assert ei.value.resource == "execution_timeout"
+        assert rt.state_of(a.id) is AgentState.READY
+        assert rt.usage(a.id).timeouts == 1
+        assert await rt.request(a.id, Task(text="after"), timeout=2) == Task(text="AFTER")
+
+
+async def test_timeout_policy_suspend_then_resume():
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(
+            Echo, name="echo", limits={"execution_timeout": 0.05}, on_timeout="suspend"
+        )
+        with pytest.raises(ResourceLimitExceeded):
+            await rt.request(a.id, Sleep(seconds=5), timeout=2)
+        assert rt.state_of(a.id) is AgentState.SUSPENDED
+        await rt.send(Task(text="queued while suspended"), to=a.id)
+        with pytest.raises(RequestTimeout):
+            await rt.request(a.id, Task(text="waits"), timeout=0.1)
+        rt.resume(a.id)
+        assert await rt.request(a.id, Task(text="resumed"), timeout=2) == Task(text="RESUMED")
+
+
+async def test_memory_cap_refuses_messages_past_the_limit():
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(Echo, name="echo", limits=ResourceLimits(memory_mb=0.01))
+        with pytest.raises(ResourceLimitExceeded) as ei:
+            await rt.send(Task(text="x" * 20_000), to=a.id)
+        assert ei.value.resource == "memory"
+        assert await rt.request(a.id, Task(text="small"), timeout=2) == Task(text="SMALL")
+
+
+async def test_full_mailbox_fails_or_waits_by_config():
+    async with symbi.Runtime(config(message_buffer_size=2, full_mailbox="fail")) as rt:
+        a = await rt.spawn(Echo, name="echo")
+        await rt.send(Sleep(seconds=0.3), to=a.id)  # running
+        await rt.send(Task(text="1"), to=a.id)
+        await rt.send(Task(text="2"), to=a.id)
+        with pytest.raises(DeliveryError) as ei:
+            await rt.send(Task(text="3"), to=a.id)
+        assert ei.value.reason == "mailbox full"
+    async with symbi.Runtime(config(message_buffer_size=1, full_mailbox="wait")) as rt:
+        agent = Echo()
+        a = await rt.spawn(agent, name="echo")
+        await rt.send(Sleep(seconds=0.05), to=a.id)
+        await rt.send(Task(text="1"), to=a.id)
+        await rt.send(Task(text="2"), to=a.id, timeout=2)  # waits for space, then succeeds
+        await rt.request(a.id, Task(text="3"), timeout=2)
+        assert agent.seen == ["1", "2", "3"]
+
+
+async def test_higher_priority_runs_first_when_capacity_is_short():
+    order: list[str] = []
+
+    def make(tag: str):
+        async def work(msg: Task, ctx: symbi.Context) -> None:
+            order.append(tag)
+            await anyio.sleep(0.01)
+
+        return work
+
+    # One worker slot, and each agent reserves the whole core: one task at a time.
+    async with symbi.Runtime(config(scheduler_threads=1, preemption=False)) as rt:
+        one_core = ResourceLimits(cpu_cores=1.0)
+        blocker = await rt.spawn(make("blocker"), name="blocker", limits=one_core)
+        low = await rt.spawn(make("low"), name="low", priority=Priority.LOW, limits=one_core)
+        high = await rt.spawn(make("high"), name="high", priority=Priority.HIGH, limits=one_core)
+        await rt.send(Task(text=""), to=blocker.id)
+        await rt.send(Task(text=""), to=low.id)
+        await rt.send(Task(text=""), to=high.id)
+        with anyio.fail_after(5):
+            while len(order) < 3:
+                await anyio.sleep(0.01)
+    assert order == ["blocker", "high", "low"]
+
+
+async def test_preemption_suspends_the_lower_priority_agent_and_resumes_it():
+    runs: list[str] = []
+
+    async def slow(msg: Task, ctx: symbi.Context) -> str:
+        runs.append("slow start")
+        await anyio.sleep(0.3)
+        runs.append("slow end")
+        return "slow done"
+
+    async def urgent(msg: Task, ctx: symbi.Context) -> str:
+        runs.append("urgent")
+        return "urgent done"
+
+    async with symbi.Runtime(config(scheduler_threads=1)) as rt:
+        one_core = ResourceLimits(cpu_cores=1.0)
+        s = await rt.spawn(slow, name="slow", priority=Priority.LOW, limits=one_core)
+        u = await rt.spawn(urgent, name="urgent", priority=Priority.CRITICAL, limits=one_core)
+        states: list[tuple[str, str]] = []
+        rt.lifecycle.subscribe(
+            lambda t: states.append((t.agent_id, t.to_state.value)) if t.agent_id == s.id else None
+        )
+        async with anyio.create_task_group() as tg:
+            results: dict[str, str] = {}
+
+            async def ask(ref: str, key: str) -> None:
+                results[key] = await rt.request(ref, Task(text=""), timeout=5)
+
+            tg.start_soon(ask, s.id, "slow")
+            await anyio.sleep(0.05)  # slow is running
+            tg.start_soon(ask, u.id, "urgent")
+        assert results == {"slow": "slow done", "urgent": "urgent done"}
+    # slow was preempted (its first run cancelled), urgent ran, then slow ran again whole.
+    assert runs == ["slow start", "urgent", "slow start", "slow end"]
+    assert (s.id, "suspended") in states
+    assert rt.status().scheduler.preemptions >= 1 if rt.state != "closed" else True
+
+
+async def test_policy_decides_agent_creation_and_resource_requests():
+    async with symbi.Runtime(config()) as rt:
+        rt.policy.register(
+            'policy guard { deny: [create_agent] if principal == "rogue"  '
+            "deny: [request_resources] if context.memory_mb > 512 }"
+        )
+        with pytest.raises(PolicyDenied):
+            await rt.spawn(Echo, name="rogue")
+        with pytest.raises(PolicyDenied):
+            await rt.spawn(Echo, name="greedy", limits=ResourceLimits(memory_mb=4096))
+        ok = await rt.spawn(Echo, name="modest", limits=ResourceLimits(memory_mb=64))
+        assert rt.state_of(ok.id) is AgentState.READY
+
+
+async def test_failed_start_leaves_the_agent_failed():
+    class Broken(Echo):
+        async def on_start(self) -> None:
+            raise RuntimeError("no model")
+
+    async with symbi.Runtime(config()) as rt:
+        with pytest.raises(symbi.SpawnError) as ei:
+            await rt.spawn(Broken, name="broken")
+        aid = ei.value.agent_id
+        assert rt.state_of(aid) is AgentState.FAILED
+        with pytest.raises(DeliveryError):
+            await rt.send(Task(text="x"), to=aid)
+        await rt.terminate(aid)
+        with pytest.raises(DeliveryError):
+            rt.state_of(aid)
+
+
+async def test_terminate_dead_letters_pending_mail_and_fails_its_requests():
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(
+            Echo, name="echo", limits={"execution_timeout": 0.05}, on_timeout="suspend"
+        )
+        with pytest.raises(ResourceLimitExceeded):
+            await rt.request(a.id, Sleep(seconds=1), timeout=2)
+        async with anyio.create_task_group() as tg:
+            errors: list[BaseException] = []
+
+            async def ask() -> None:
+                try:
+                    await rt.request(a.id, Task(text="never"), timeout=2)
+                except DeliveryError as e:
+                    errors.append(e)
+
+            tg.start_soon(ask)
+            await anyio.sleep(0.05)
+            await rt.terminate(a.id)
+        assert len(errors) == 1 and errors[0].reason == "terminated"
+        assert (a.id, "Task", "recipient terminated: manual override") in rt.dead_letters
+
+
+async def test_running_agent_cannot_be_terminated():
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(Echo, name="echo")
+        await rt.send(Sleep(seconds=0.2), to=a.id)
+        await anyio.sleep(0.02)
+        with pytest.raises(IllegalTransition):
+            await rt.terminate(a.id)
+
+
+async def test_max_concurrent_agents_is_enforced():
+    async with symbi.Runtime(config(max_concurrent_agents=2)) as rt:
+        await rt.spawn(Echo, name="a")
+        await rt.spawn(Echo, name="b")
+        with pytest.raises(ResourceLimitExceeded) as ei:
+            await rt.spawn(Echo, name="c")
+        assert ei.value.resource == "agents"
+
+
+async def test_bad_spawn_arguments():
+    class NoHandlers(Agent):
+        pass
+
+    async with symbi.Runtime(config()) as rt:
+        with pytest.raises(InvalidArgument, match=r"no @symbi\.handler"):
+            await rt.spawn(NoHandlers)
+        with pytest.raises(InvalidArgument, match="priority"):
+            await rt.spawn(Echo, priority="urgent-ish")
+        with pytest.raises(InvalidArgument, match="cannot make an agent"):
+            await rt.spawn(print)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            await rt.spawn(Echo, limits={"memory_mb": -5})
+        await rt.spawn(Echo, name="dup")
+        with pytest.raises(InvalidArgument, match="already running"):
+            await rt.spawn(Echo, name="dup")
+        a = await rt.spawn(Echo, name="x")
+        with pytest.raises(InvalidArgument):
+            await rt.send("not a message", to=a.id)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            await rt.send(Task(text="x"), to=a.id, timeout=-1)
+
+
+def test_handler_declarations_are_checked():
+    with pytest.raises(InvalidArgument, match="async def"):
+
+        @handler  # type: ignore[type-var]
+        def not_async(self, msg: Task, ctx: symbi.Context) -> None: ...
+
+    with pytest.raises(InvalidArgument, match="Message subclass"):
+
+        class Bad(Agent):
+            @handler
+            async def on(self, msg: int, ctx: symbi.Context) -> None: ...
+
+
+async def test_status_counts_agents_by_state():
+    async with symbi.Runtime(config()) as rt:
+        for i in range(5):
+            await rt.spawn(Echo, name=f"e{i}")
+        st = rt.status()
+        assert st.agents["ready"] == 5
+        assert st.scheduler.decisions >= 0
