@@ -26,6 +26,7 @@ from contextlib import nullcontext, suppress
 from typing import Any, Callable, Literal, Optional, Protocol, Union
 
 import anyio
+import anyio.lowlevel
 import msgspec
 from anyio.abc import TaskGroup
 
@@ -452,7 +453,8 @@ class AgentHost:
                 reason="no handler",
             )
         try:
-            await self._wait_for_space(rec, timeout)
+            if len(rec.mailbox) >= self.mailbox_size:
+                await self._wait_for_space(rec, timeout)
         except TimeoutError:
             raise DeliveryError(
                 f"agent {rec.name!r} kept a full mailbox ({self.mailbox_size} messages) for "
@@ -481,7 +483,7 @@ class AgentHost:
                     rec.space = anyio.Event()
                 await rec.space.wait()
 
-    def _submit(self, rec: _Record) -> None:
+    def _submit(self, rec: _Record, *, pump: bool = True) -> None:
         """Queue the agent's next task if it is idle and has mail."""
         if rec.task_id is not None or not rec.mailbox:
             return
@@ -497,12 +499,16 @@ class AgentHost:
         )
         rec.task_id = tid
         self._by_task[tid] = rec
-        self._pump()
+        if pump:
+            self._pump()
 
-    def _pump(self) -> None:
-        """Start every task the scheduler places now."""
+    def _pump(self, inline: Optional[_Record] = None) -> Optional[Placement]:
+        """Start every task the scheduler places now. A placement for ``inline`` (the agent
+        whose task just ended) is returned rather than started: that agent's worker keeps
+        going, which saves a task spawn per message for busy agents."""
         if self._tg is None or self._stopping:
-            return
+            return None
+        mine: Optional[Placement] = None
         for p in self.scheduler.schedule():
             for victim in p.preempted:
                 self._preempt(victim)
@@ -515,7 +521,11 @@ class AgentHost:
                 if rec.space is not None:  # a sender waits for room in the mailbox
                     rec.space.set()
                     rec.space = None
-            self._tg.start_soon(self._run, rec, p)
+            if rec is inline and mine is None:
+                mine = p
+            else:
+                self._tg.start_soon(self._run, rec, p)
+        return mine
 
     def _preempt(self, task_id: int) -> None:
         rec = self._by_task.get(task_id)
@@ -523,9 +533,25 @@ class AgentHost:
             rec.scope.cancel()  # _run sees the cancellation and suspends the agent
 
     async def _run(self, rec: _Record, placement: Placement) -> None:
+        """An agent's worker: runs its placed task, then the next ones placed for it."""
+        p: Optional[Placement] = placement
+        n = 0
+        while p is not None:
+            p = await self._run_one(rec, p)
+            n += 1
+            if p is not None and n % 8 == 0:
+                # Handlers that never await must not starve the rest of the event loop.
+                await anyio.lowlevel.checkpoint()
+
+    def _preemptable(self, rec: _Record) -> bool:
+        # Only a task that holds capacity can be evicted to free it.
+        lim = rec.handle.limits
+        return rec.priority is not Priority.CRITICAL and bool(lim.memory_mb or lim.cpu_cores)
+
+    async def _run_one(self, rec: _Record, placement: Placement) -> Optional[Placement]:
         tid = placement.task_id
         if self._stopping or self._agents.get(rec.id) is not rec:
-            return  # terminated between placement and start
+            return None  # terminated between placement and start
         resumed = self.lifecycle.state(rec.id) is AgentState.SUSPENDED
         env = rec.running
         assert env is not None  # set when the task was placed
@@ -547,7 +573,8 @@ class AgentHost:
         outcome: Literal["done", "timeout", "limit", "preempted", "error"] = "done"
         error: Optional[BaseException] = None
         value: Any = None
-        with anyio.CancelScope() as scope:
+        scope = anyio.CancelScope() if self._preemptable(rec) else None
+        with scope if scope is not None else nullcontext():
             rec.scope = scope
             try:
                 with anyio.fail_after(limit) if limit else nullcontext():
@@ -560,10 +587,10 @@ class AgentHost:
                 outcome, error = "error", e
         rec.scope = None
         if self._agents.get(rec.id) is not rec:
-            return  # terminated while it ran; its requester already got DeliveryError
-        if scope.cancelled_caught:
+            return None  # terminated while it ran; its requester already got DeliveryError
+        if scope is not None and scope.cancelled_caught:
             if self._stopping or self.lifecycle.state(rec.id) is not AgentState.RUNNING:
-                return  # shutdown or termination in progress
+                return None  # shutdown or termination in progress
             outcome = "preempted"
         rec.account.usage.tasks += 1
         if outcome == "preempted":
@@ -572,7 +599,7 @@ class AgentHost:
                 rec.id, AgentState.SUSPENDED, "preempted by a higher priority task"
             )
             self._record("agent.preempted", rec.id, {"task": tid})
-            return
+            return None
         rec.running = None
         rec.account.release_memory(env.size)
         if outcome == "timeout":
@@ -605,15 +632,15 @@ class AgentHost:
         else:
             self.lifecycle.transition(rec.id, AgentState.READY, f"task {tid} {outcome}")
         self._completed += 1
-        self._finish_task(rec, tid)
+        return self._finish_task(rec, tid)
 
-    def _finish_task(self, rec: _Record, tid: int) -> None:
+    def _finish_task(self, rec: _Record, tid: int) -> Optional[Placement]:
         self._by_task.pop(tid, None)
         rec.task_id = None
         with suppress(InvalidArgument):  # cancelled while it ran
             self.scheduler.complete(tid)
-        self._submit(rec)
-        self._pump()
+        self._submit(rec, pump=False)
+        return self._pump(inline=rec)
 
     # ------------------------------------------------------------ management
     def resume(self, ref: str, reason: str = "policy cleared") -> None:

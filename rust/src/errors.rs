@@ -184,11 +184,16 @@ impl From<CryptoError> for PyErr {
                 symbi_error("DecryptError", msg, &[("message_id", obj(id))])
             }
             CryptoError::UnknownTopic(_) => symbi_error("DecryptError", msg, &[]),
-            CryptoError::Invalid { what: "timestamp", .. } => symbi_error("ReplayError", msg, &[]),
+            CryptoError::Invalid {
+                what: "timestamp", ..
+            } => symbi_error("ReplayError", msg, &[]),
             CryptoError::Invalid { what, .. } => symbi_error(
                 "InvalidArgument",
                 msg,
-                &[("argument", obj(what)), ("expected", obj("see the message"))],
+                &[
+                    ("argument", obj(what)),
+                    ("expected", obj("see the message")),
+                ],
             ),
         }
     }

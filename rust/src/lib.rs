@@ -29,13 +29,13 @@ mod _core {
     #[pymodule_export]
     use crate::crypto::py::{parse_envelope, BusKeyRing};
     #[pymodule_export]
-    use crate::scheduler::py::SchedulerCore;
-    #[pymodule_export]
-    use crate::vector::py::VectorIndexCore;
-    #[pymodule_export]
     use crate::policy::py::{
         Allow, AllowWithConditions, Condition, Deny, Policy, PolicyEngineCore,
     };
+    #[pymodule_export]
+    use crate::scheduler::py::SchedulerCore;
+    #[pymodule_export]
+    use crate::vector::py::VectorIndexCore;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

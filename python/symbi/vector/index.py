@@ -96,7 +96,7 @@ def _ids(ids: IdsLike) -> npt.NDArray[np.uint64]:
             arr = ids
         else:
             # Element-wise, so ids above 2**63 never pass through float64.
-            arr = np.fromiter((operator.index(x) for x in ids), dtype=np.uint64)  # type: ignore[union-attr]
+            arr = np.fromiter((operator.index(x) for x in ids), dtype=np.uint64)  # type: ignore[union-attr, arg-type]
         if arr.size == 0 and arr.ndim == 1:
             return np.zeros(0, dtype=np.uint64)
         if arr.dtype.kind not in "iu" or arr.ndim != 1:
@@ -121,9 +121,7 @@ def _matrix(x: Any, argument: str) -> tuple[npt.NDArray[np.float32], bool]:
     if single:
         arr = arr.reshape(1, -1)
     if arr.ndim != 2:
-        raise _bad(
-            argument, f"{argument} must be 1-D (one vector) or 2-D (rows), got {arr.ndim}-D"
-        )
+        raise _bad(argument, f"{argument} must be 1-D (one vector) or 2-D (rows), got {arr.ndim}-D")
     return np.ascontiguousarray(arr), single
 
 

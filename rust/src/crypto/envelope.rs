@@ -67,10 +67,16 @@ fn invalid(what: &'static str, detail: String) -> CryptoError {
 /// Append the header bytes for `h` to `out`.
 pub fn write_header(h: &Header, out: &mut Vec<u8>) -> Result<()> {
     if h.sender.len() > u8::MAX as usize {
-        return Err(invalid("sender", format!("at most 255 bytes, got {}", h.sender.len())));
+        return Err(invalid(
+            "sender",
+            format!("at most 255 bytes, got {}", h.sender.len()),
+        ));
     }
     if h.recipient.len() > u16::MAX as usize {
-        return Err(invalid("recipient", format!("at most 65535 bytes, got {}", h.recipient.len())));
+        return Err(invalid(
+            "recipient",
+            format!("at most 65535 bytes, got {}", h.recipient.len()),
+        ));
     }
     if h.content_type.len() > u8::MAX as usize {
         return Err(invalid(
@@ -125,9 +131,13 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
-            CryptoError::Malformed(format!("ends inside {what} (at byte {})", self.pos))
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| {
+                CryptoError::Malformed(format!("ends inside {what} (at byte {})", self.pos))
+            })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -158,7 +168,9 @@ pub fn parse(buf: &[u8]) -> Result<Envelope<'_>> {
     }
     let version = c.u8("version")?;
     if version != VERSION {
-        return Err(CryptoError::Malformed(format!("unsupported version {version}")));
+        return Err(CryptoError::Malformed(format!(
+            "unsupported version {version}"
+        )));
     }
     let kind = c.u8("kind")?;
     if kind != KIND_DIRECT && kind != KIND_TOPIC {
@@ -177,8 +189,10 @@ pub fn parse(buf: &[u8]) -> Result<Envelope<'_>> {
     let content_type = c.string(n, "content type")?;
     let header_bytes = &buf[..c.pos];
     let n = c.u32("ciphertext length")? as usize;
-    if n < TAG_LEN || n > MAX_PAYLOAD + TAG_LEN {
-        return Err(CryptoError::Malformed(format!("ciphertext length {n} out of range")));
+    if !(TAG_LEN..=MAX_PAYLOAD + TAG_LEN).contains(&n) {
+        return Err(CryptoError::Malformed(format!(
+            "ciphertext length {n} out of range"
+        )));
     }
     let ciphertext = c.take(n, "ciphertext")?;
     let flags = c.u8("flags")?;

@@ -1,5 +1,6 @@
 //! Identities, peers, derived keys, and sealing/opening envelopes.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
@@ -137,7 +138,8 @@ impl KeyRing {
         };
         let bundle = peer.bundle();
         self.peers.insert(agent.into(), peer.clone());
-        self.identities.insert(agent.into(), Identity { sign, dh, peer });
+        self.identities
+            .insert(agent.into(), Identity { sign, dh, peer });
         Ok(bundle)
     }
 
@@ -190,9 +192,18 @@ impl KeyRing {
         Ok(())
     }
 
-    fn pair_cipher(&mut self, sender: &str, recipient: &str, opening: bool) -> Result<(KeyId, KeyId, &Aes256Gcm)> {
+    fn pair_cipher(
+        &mut self,
+        sender: &str,
+        recipient: &str,
+        opening: bool,
+    ) -> Result<(KeyId, KeyId, &Aes256Gcm)> {
         // The local side holds a secret; the other side's public key comes from peers.
-        let (local, remote) = if opening { (recipient, sender) } else { (sender, recipient) };
+        let (local, remote) = if opening {
+            (recipient, sender)
+        } else {
+            (sender, recipient)
+        };
         let me = self
             .identities
             .get(local)
@@ -206,7 +217,7 @@ impl KeyRing {
         } else {
             (me.peer.key_id, other.key_id)
         };
-        if !self.pair_keys.contains_key(&(s_id, r_id)) {
+        if let Entry::Vacant(slot) = self.pair_keys.entry((s_id, r_id)) {
             let shared = me.dh.diffie_hellman(&other.dh);
             if !shared.was_contributory() {
                 return Err(CryptoError::WeakKey(remote.into()));
@@ -217,9 +228,9 @@ impl KeyRing {
             info.extend_from_slice(b"pair");
             info.extend_from_slice(&s_id);
             info.extend_from_slice(&r_id);
-            hk.expand(&info, &mut okm).expect("32 bytes is a valid HKDF length");
-            let cipher = Aes256Gcm::new_from_slice(&okm).expect("32-byte key");
-            self.pair_keys.insert((s_id, r_id), cipher);
+            hk.expand(&info, &mut okm)
+                .expect("32 bytes is a valid HKDF length");
+            slot.insert(Aes256Gcm::new_from_slice(&okm).expect("32-byte key"));
         }
         Ok((s_id, r_id, &self.pair_keys[&(s_id, r_id)]))
     }
@@ -308,7 +319,12 @@ impl KeyRing {
     }
 
     /// Seal many messages from one sender under one signature over their Merkle root.
-    pub fn seal_batch(&mut self, sender: &str, items: &[SealItem<'_>], ts: Option<u64>) -> Result<Vec<Vec<u8>>> {
+    pub fn seal_batch(
+        &mut self,
+        sender: &str,
+        items: &[SealItem<'_>],
+        ts: Option<u64>,
+    ) -> Result<Vec<Vec<u8>>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -367,8 +383,9 @@ impl KeyRing {
                     .map_err(|_| fail("the signature does not match the message and sender key"))
             }
             Some(p) => {
-                let root = merkle::root_from_path(&leaf, p.index as usize, p.size as usize, &p.path)
-                    .ok_or_else(|| fail("the batch proof is malformed"))?;
+                let root =
+                    merkle::root_from_path(&leaf, p.index as usize, p.size as usize, &p.path)
+                        .ok_or_else(|| fail("the batch proof is malformed"))?;
                 let key = (peer.key_id, root, env.signature);
                 if self.verified_roots.contains(&key) {
                     return Ok(());
@@ -377,9 +394,9 @@ impl KeyRing {
                 msg.extend_from_slice(SIG_BATCH);
                 msg.extend_from_slice(&root);
                 msg.extend_from_slice(&p.size.to_be_bytes());
-                peer.verify
-                    .verify_strict(&msg, &sig)
-                    .map_err(|_| fail("the batch signature does not match the message and sender key"))?;
+                peer.verify.verify_strict(&msg, &sig).map_err(|_| {
+                    fail("the batch signature does not match the message and sender key")
+                })?;
                 if self.verified_roots.len() >= ROOT_CACHE {
                     self.verified_roots.clear();
                 }
@@ -454,7 +471,12 @@ impl KeyRing {
         let mut pt = env.ciphertext[..n].to_vec();
         let tag = Tag::try_from(&env.ciphertext[n..]).expect("16-byte tag");
         if cipher
-            .decrypt_inout_detached(&Nonce::from(h.nonce), env.header_bytes, pt.as_mut_slice().into(), &tag)
+            .decrypt_inout_detached(
+                &Nonce::from(h.nonce),
+                env.header_bytes,
+                pt.as_mut_slice().into(),
+                &tag,
+            )
             .is_err()
         {
             return Err(CryptoError::Decrypt { id });
@@ -506,7 +528,10 @@ mod tests {
         for i in 0..env.len() {
             let mut bad = env.clone();
             bad[i] ^= 0x40;
-            assert!(r.open("bob", &bad, None).is_err(), "byte {i} flipped went unnoticed");
+            assert!(
+                r.open("bob", &bad, None).is_err(),
+                "byte {i} flipped went unnoticed"
+            );
         }
     }
 
@@ -530,17 +555,26 @@ mod tests {
         let mut r = ring();
         r.create_identity("carol").unwrap();
         let env = r.seal("alice", &item("bob", b"x"), None).unwrap();
-        assert!(matches!(r.open("carol", &env, None), Err(CryptoError::WrongRecipient { .. })));
+        assert!(matches!(
+            r.open("carol", &env, None),
+            Err(CryptoError::WrongRecipient { .. })
+        ));
         let old = r.seal("alice", &item("bob", b"x"), Some(1)).unwrap();
         assert!(matches!(
             r.open("bob", &old, None),
-            Err(CryptoError::Invalid { what: "timestamp", .. })
+            Err(CryptoError::Invalid {
+                what: "timestamp",
+                ..
+            })
         ));
         let mut other = KeyRing::new(30_000_000_000);
         other.create_identity("mallory").unwrap();
         other.add_peer("bob", &r.bundle("bob").unwrap()).unwrap();
         let forged = other.seal("mallory", &item("bob", b"x"), None).unwrap();
-        assert!(matches!(r.open("bob", &forged, None), Err(CryptoError::UnknownAgent(_))));
+        assert!(matches!(
+            r.open("bob", &forged, None),
+            Err(CryptoError::UnknownAgent(_))
+        ));
     }
 
     #[test]
@@ -551,7 +585,10 @@ mod tests {
         m.create_identity("alice").unwrap();
         m.add_peer("bob", &r.bundle("bob").unwrap()).unwrap();
         let env = m.seal("alice", &item("bob", b"x"), None).unwrap();
-        assert!(matches!(r.open("bob", &env, None), Err(CryptoError::Signature { .. })));
+        assert!(matches!(
+            r.open("bob", &env, None),
+            Err(CryptoError::Signature { .. })
+        ));
     }
 
     #[test]
@@ -573,10 +610,18 @@ mod tests {
         assert_eq!(r.open("bob", &env, None).unwrap().payload, b"intrusion");
         let mut outsider = KeyRing::new(30_000_000_000);
         outsider.create_identity("eve").unwrap();
-        outsider.add_peer("alice", &r.bundle("alice").unwrap()).unwrap();
-        assert!(matches!(outsider.open("eve", &env, None), Err(CryptoError::UnknownTopic(_))));
+        outsider
+            .add_peer("alice", &r.bundle("alice").unwrap())
+            .unwrap();
+        assert!(matches!(
+            outsider.open("eve", &env, None),
+            Err(CryptoError::UnknownTopic(_))
+        ));
         outsider.set_topic_key("alerts.security", &key).unwrap();
-        assert_eq!(outsider.open("eve", &env, None).unwrap().payload, b"intrusion");
+        assert_eq!(
+            outsider.open("eve", &env, None).unwrap().payload,
+            b"intrusion"
+        );
     }
 
     #[test]
@@ -587,7 +632,9 @@ mod tests {
         let bb = b.create_identity("bob").unwrap();
         a.add_peer("bob", &bb).unwrap();
         b.add_peer("alice", &ab).unwrap();
-        let env = a.seal("alice", &item("bob", b"over the wire"), None).unwrap();
+        let env = a
+            .seal("alice", &item("bob", b"over the wire"), None)
+            .unwrap();
         assert_eq!(b.open("bob", &env, None).unwrap().payload, b"over the wire");
     }
 }

@@ -42,7 +42,12 @@ pub fn root_and_paths(leaves: &[Hash]) -> (Hash, Vec<Vec<Hash>>) {
 }
 
 /// Recompute the root from a leaf, its index, the batch size and its audit path.
-pub fn root_from_path(leaf: &Hash, mut index: usize, mut size: usize, path: &[Hash]) -> Option<Hash> {
+pub fn root_from_path(
+    leaf: &Hash,
+    mut index: usize,
+    mut size: usize,
+    path: &[Hash],
+) -> Option<Hash> {
     if index >= size {
         return None;
     }
@@ -52,7 +57,11 @@ pub fn root_from_path(leaf: &Hash, mut index: usize, mut size: usize, path: &[Ha
         let sib = index ^ 1;
         if sib < size {
             let s = it.next()?;
-            cur = if index % 2 == 0 { node(&cur, s) } else { node(s, &cur) };
+            cur = if index % 2 == 0 {
+                node(&cur, s)
+            } else {
+                node(s, &cur)
+            };
         }
         index /= 2;
         size = size.div_ceil(2);
@@ -73,7 +82,11 @@ mod tests {
             let leaves: Vec<Hash> = (0..n).map(|i| Sha256::digest([i as u8]).into()).collect();
             let (root, paths) = root_and_paths(&leaves);
             for (i, leaf) in leaves.iter().enumerate() {
-                assert_eq!(root_from_path(leaf, i, n, &paths[i]), Some(root), "n={n} i={i}");
+                assert_eq!(
+                    root_from_path(leaf, i, n, &paths[i]),
+                    Some(root),
+                    "n={n} i={i}"
+                );
                 let mut bad = *leaf;
                 bad[0] ^= 1;
                 assert_ne!(root_from_path(&bad, i, n, &paths[i]), Some(root));

@@ -30,7 +30,9 @@ pub mod replay;
 /// Everything that can go wrong in the bus crypto.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
-    #[error("unknown agent {0:?} in the key ring; create its identity (or add it as a peer) first")]
+    #[error(
+        "unknown agent {0:?} in the key ring; create its identity (or add it as a peer) first"
+    )]
     UnknownAgent(String),
     #[error("agent {0:?} already has an identity; remove it first to rotate its keys")]
     DuplicateAgent(String),
@@ -44,7 +46,9 @@ pub enum CryptoError {
         sender: String,
         detail: String,
     },
-    #[error("message {id} could not be decrypted: authentication failed (tampered, or the wrong key)")]
+    #[error(
+        "message {id} could not be decrypted: authentication failed (tampered, or the wrong key)"
+    )]
     Decrypt { id: String },
     #[error("message {id} is for {recipient:?}, not {opener:?}")]
     WrongRecipient {

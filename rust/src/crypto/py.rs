@@ -9,7 +9,16 @@ use super::envelope::{self, KIND_TOPIC};
 use super::keyring::{KeyRing, Opened, SealItem};
 use super::CryptoError;
 
-type OpenedTuple<'py> = (String, String, String, bool, u64, String, Bound<'py, PyBytes>, bool);
+type OpenedTuple<'py> = (
+    String,
+    String,
+    String,
+    bool,
+    u64,
+    String,
+    Bound<'py, PyBytes>,
+    bool,
+);
 
 fn opened<'py>(py: Python<'py>, o: &Opened) -> OpenedTuple<'py> {
     let h = &o.header;
@@ -89,6 +98,7 @@ impl BusKeyRing {
 
     /// Encrypt and sign one message.
     #[pyo3(signature = (sender, recipient, content_type, payload, topic = false, timestamp_ns = None))]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python signature, keywords included
     fn seal<'py>(
         &self,
         py: Python<'py>,
@@ -177,7 +187,14 @@ pub fn parse_envelope<'py>(py: Python<'py>, envelope: &[u8]) -> PyResult<Bound<'
     let d = PyDict::new(py);
     let h = &e.header;
     d.set_item("id", envelope::id_hex(&h.id))?;
-    d.set_item("kind", if h.kind == KIND_TOPIC { "topic" } else { "direct" })?;
+    d.set_item(
+        "kind",
+        if h.kind == KIND_TOPIC {
+            "topic"
+        } else {
+            "direct"
+        },
+    )?;
     d.set_item("sender", &h.sender)?;
     d.set_item("recipient", &h.recipient)?;
     d.set_item("timestamp_ns", h.timestamp_ns)?;

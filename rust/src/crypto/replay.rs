@@ -57,7 +57,9 @@ impl ReplayGuard {
     /// Classify a message and, when fresh, remember it.
     pub fn check(&mut self, id: [u8; 16], ts_ns: u64, now_ns: u64) -> Freshness {
         self.prune(now_ns);
-        if ts_ns.saturating_add(self.window_ns) < now_ns || ts_ns > now_ns.saturating_add(self.window_ns) {
+        if ts_ns.saturating_add(self.window_ns) < now_ns
+            || ts_ns > now_ns.saturating_add(self.window_ns)
+        {
             return Freshness::Stale;
         }
         if self.seen.contains_key(&id) {

@@ -98,21 +98,21 @@ fn nibble(codes: &[u8], d: usize) -> f32 {
 
 pub fn sq4_dot_portable(w: &[f32], codes: &[u8]) -> f32 {
     let n = (codes.len() * 2).min(w.len());
-    let mut s = 0.0f32;
-    for d in 0..n {
-        s += w[d] * nibble(codes, d);
-    }
-    s
+    w[..n]
+        .iter()
+        .enumerate()
+        .map(|(d, x)| x * nibble(codes, d))
+        .sum()
 }
 
 pub fn sq4_l2_portable(r: &[f32], step: &[f32], codes: &[u8]) -> f32 {
     let n = (codes.len() * 2).min(r.len()).min(step.len());
-    let mut s = 0.0f32;
-    for d in 0..n {
-        let x = r[d] - step[d] * nibble(codes, d);
-        s += x * x;
-    }
-    s
+    (0..n)
+        .map(|d| {
+            let x = r[d] - step[d] * nibble(codes, d);
+            x * x
+        })
+        .sum()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -167,7 +167,10 @@ mod avx2 {
         let mut i = 0;
         while i + 16 <= n {
             let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
-            let d1 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)));
+            let d1 = _mm256_sub_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+            );
             acc0 = _mm256_fmadd_ps(d0, d0, acc0);
             acc1 = _mm256_fmadd_ps(d1, d1, acc1);
             i += 16;
@@ -218,7 +221,11 @@ mod avx2 {
         let mut acc1 = _mm256_setzero_ps();
         for b in 0..blocks {
             let (lo, hi) = unpack(pc.add(b * 8));
-            let d0 = _mm256_fnmadd_ps(_mm256_loadu_ps(ps.add(b * 16)), lo, _mm256_loadu_ps(pr.add(b * 16)));
+            let d0 = _mm256_fnmadd_ps(
+                _mm256_loadu_ps(ps.add(b * 16)),
+                lo,
+                _mm256_loadu_ps(pr.add(b * 16)),
+            );
             let d1 = _mm256_fnmadd_ps(
                 _mm256_loadu_ps(ps.add(b * 16 + 8)),
                 hi,
@@ -273,9 +280,15 @@ mod tests {
             let a = data(n, 1);
             let b = data(n, 2);
             let (d1, d2) = ((k.dot)(&a, &b), (p.dot)(&a, &b));
-            assert!((d1 - d2).abs() <= 1e-4 * (1.0 + d2.abs()), "dot n={n}: {d1} vs {d2}");
+            assert!(
+                (d1 - d2).abs() <= 1e-4 * (1.0 + d2.abs()),
+                "dot n={n}: {d1} vs {d2}"
+            );
             let (l1, l2) = ((k.l2)(&a, &b), (p.l2)(&a, &b));
-            assert!((l1 - l2).abs() <= 1e-4 * (1.0 + l2.abs()), "l2 n={n}: {l1} vs {l2}");
+            assert!(
+                (l1 - l2).abs() <= 1e-4 * (1.0 + l2.abs()),
+                "l2 n={n}: {l1} vs {l2}"
+            );
         }
     }
 

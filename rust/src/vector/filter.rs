@@ -132,8 +132,16 @@ pub enum Filter {
     And(Vec<Filter>),
     Or(Vec<Filter>),
     Not(Box<Filter>),
-    Cmp { field: String, op: Op, value: Lit },
-    In { field: String, values: Vec<Lit>, negate: bool },
+    Cmp {
+        field: String,
+        op: Op,
+        value: Lit,
+    },
+    In {
+        field: String,
+        values: Vec<Lit>,
+        negate: bool,
+    },
 }
 
 /// A compiled operand: the literal plus its symbol when it is an interned string.

@@ -38,6 +38,9 @@ use super::filter::{Compiled, Filter, Interner, Lit, Meta};
 use super::quant::{Sq4, Sq4Query};
 use super::{Metric, Result, VectorError};
 
+/// Metadata as `(field, value)` pairs, as given by the caller.
+pub type MetaItems = Vec<(String, Lit)>;
+
 /// Padding id in search results when fewer than k items match.
 pub const NO_ID: u64 = u64::MAX;
 pub(crate) const NONE: u32 = u32::MAX;
@@ -68,13 +71,22 @@ impl Params {
             return Err(VectorError::arg("dim", "dim must be between 1 and 65536"));
         }
         if self.m < 2 || self.m > 256 {
-            return Err(VectorError::arg("m", "m must be between 2 and 256 (16 is a good default)"));
+            return Err(VectorError::arg(
+                "m",
+                "m must be between 2 and 256 (16 is a good default)",
+            ));
         }
         if self.ef_construction < 1 || self.ef_construction > 100_000 {
-            return Err(VectorError::arg("ef_construction", "ef_construction must be between 1 and 100000"));
+            return Err(VectorError::arg(
+                "ef_construction",
+                "ef_construction must be between 1 and 100000",
+            ));
         }
         if self.ef_search < 1 || self.ef_search > 100_000 {
-            return Err(VectorError::arg("ef_search", "ef_search must be between 1 and 100000"));
+            return Err(VectorError::arg(
+                "ef_search",
+                "ef_search must be between 1 and 100000",
+            ));
         }
         Ok(())
     }
@@ -107,7 +119,8 @@ impl Vectors {
             // SAFETY: `store::load` checked the file length (base_rows * dim * 4 bytes), the
             // mapping is page-aligned (so f32-aligned), read-only and lives as long as self;
             // the platform is little-endian (checked at load).
-            let all = unsafe { std::slice::from_raw_parts(m.as_ptr() as *const f32, self.base_rows * d) };
+            let all =
+                unsafe { std::slice::from_raw_parts(m.as_ptr() as *const f32, self.base_rows * d) };
             &all[i * d..(i + 1) * d]
         } else {
             let j = i - self.base_rows;
@@ -281,29 +294,46 @@ impl Core {
         if data.len() != ids.len() * d {
             return Err(VectorError::arg(
                 "ids",
-                format!("got {} ids for {} vectors; pass one id per row", ids.len(), data.len() / d),
+                format!(
+                    "got {} ids for {} vectors; pass one id per row",
+                    ids.len(),
+                    data.len() / d
+                ),
             ));
         }
         if !metas.is_empty() && metas.len() != ids.len() {
             return Err(VectorError::arg(
                 "metadata",
-                format!("got {} metadata entries for {} ids; pass one per id (or None)", metas.len(), ids.len()),
+                format!(
+                    "got {} metadata entries for {} ids; pass one per id (or None)",
+                    metas.len(),
+                    ids.len()
+                ),
             ));
         }
         let mut seen = HashSet::with_capacity(ids.len());
         for &id in ids {
             if id == NO_ID {
-                return Err(VectorError::arg("ids", "id 2**64-1 is reserved (it pads missing results); use a smaller id"));
+                return Err(VectorError::arg(
+                    "ids",
+                    "id 2**64-1 is reserved (it pads missing results); use a smaller id",
+                ));
             }
             if !seen.insert(id) {
-                return Err(VectorError::arg("ids", format!("id {id} appears twice in one batch; pass each id once")));
+                return Err(VectorError::arg(
+                    "ids",
+                    format!("id {id} appears twice in one batch; pass each id once"),
+                ));
             }
             if !upsert && self.slot_of.contains_key(&id) {
                 return Err(VectorError::DuplicateId { id });
             }
         }
         if self.nodes.len() + ids.len() >= NONE as usize {
-            return Err(VectorError::arg("ids", "the index is full (2**32-1 slots); save and load it to compact deleted items"));
+            return Err(VectorError::arg(
+                "ids",
+                "the index is full (2**32-1 slots); save and load it to compact deleted items",
+            ));
         }
         if upsert {
             for id in ids {
@@ -377,7 +407,11 @@ impl Core {
             while res.len() > ef {
                 res.pop();
             }
-            let mut bound = if res.len() >= ef { res.peek().map_or(f32::INFINITY, |c| c.0) } else { f32::INFINITY };
+            let mut bound = if res.len() >= ef {
+                res.peek().map_or(f32::INFINITY, |c| c.0)
+            } else {
+                f32::INFINITY
+            };
             while let Some(Reverse(c)) = cand.pop() {
                 if c.0 > bound {
                     break;
@@ -541,35 +575,38 @@ impl Core {
             return 0;
         }
         let this: &Core = self;
-        (0..this.nodes.len()).into_par_iter().filter(|&i| !this.deleted[i]).for_each(|i| {
-            let node = &this.nodes[i];
-            for layer in 0..node.links.len() {
-                let cur: Vec<u32> = node.links[layer].read().clone();
-                if !cur.iter().any(|&x| this.deleted[x as usize]) {
-                    continue;
-                }
-                let mut cs: Vec<u32> = Vec::with_capacity(cur.len() * 2);
-                for &x in &cur {
-                    if !this.deleted[x as usize] {
-                        cs.push(x);
-                    } else if layer < this.nodes[x as usize].links.len() {
-                        // Deleted nodes' lists are never written during repair.
-                        for &y in this.nodes[x as usize].links[layer].read().iter() {
-                            if y as usize != i && !this.deleted[y as usize] {
-                                cs.push(y);
+        (0..this.nodes.len())
+            .into_par_iter()
+            .filter(|&i| !this.deleted[i])
+            .for_each(|i| {
+                let node = &this.nodes[i];
+                for layer in 0..node.links.len() {
+                    let cur: Vec<u32> = node.links[layer].read().clone();
+                    if !cur.iter().any(|&x| this.deleted[x as usize]) {
+                        continue;
+                    }
+                    let mut cs: Vec<u32> = Vec::with_capacity(cur.len() * 2);
+                    for &x in &cur {
+                        if !this.deleted[x as usize] {
+                            cs.push(x);
+                        } else if layer < this.nodes[x as usize].links.len() {
+                            // Deleted nodes' lists are never written during repair.
+                            for &y in this.nodes[x as usize].links[layer].read().iter() {
+                                if y as usize != i && !this.deleted[y as usize] {
+                                    cs.push(y);
+                                }
                             }
                         }
                     }
+                    cs.sort_unstable();
+                    cs.dedup();
+                    let v = this.vecs.row(i);
+                    let mut c: Vec<C> = cs.iter().map(|&y| C(this.exact(v, y), y)).collect();
+                    c.sort_unstable();
+                    let mmax = if layer == 0 { 2 * this.p.m } else { this.p.m };
+                    *node.links[layer].write() = this.select(&c, mmax);
                 }
-                cs.sort_unstable();
-                cs.dedup();
-                let v = this.vecs.row(i);
-                let mut c: Vec<C> = cs.iter().map(|&y| C(this.exact(v, y), y)).collect();
-                c.sort_unstable();
-                let mmax = if layer == 0 { 2 * this.p.m } else { this.p.m };
-                *node.links[layer].write() = this.select(&c, mmax);
-            }
-        });
+            });
         for i in 0..self.nodes.len() {
             if self.deleted[i] {
                 for l in self.nodes[i].links.iter() {
@@ -608,7 +645,13 @@ impl Core {
         heap.into_sorted_vec()
     }
 
-    fn graph_search<A: Fn(u32) -> bool>(&self, q: &[f32], k: usize, ef: usize, accept: &A) -> Vec<C> {
+    fn graph_search<A: Fn(u32) -> bool>(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        accept: &A,
+    ) -> Vec<C> {
         let (ep, top) = *self.entry.read();
         if ep == NONE {
             return Vec::new();
@@ -649,18 +692,77 @@ impl Core {
         seen == 0 || (hit as f64) <= BRUTE_FORCE_SELECTIVITY * seen as f64
     }
 
+    /// For a selective filter (see the module doc), every matching slot: one scan shared
+    /// by a whole query batch. `None` means the graph plan.
+    pub fn exact_matches(&self, f: &Compiled) -> Option<Vec<u32>> {
+        let accept = |i: u32| {
+            !self.deleted[i as usize] && f.matches(&self.interner, self.meta[i as usize].as_ref())
+        };
+        if self.filter_is_selective(&accept) {
+            Some(
+                (0..self.nodes.len() as u32)
+                    .filter(|&i| accept(i))
+                    .collect(),
+            )
+        } else {
+            None
+        }
+    }
+
+    fn brute_list(&self, q: &[f32], k: usize, list: &[u32]) -> Vec<C> {
+        let mut heap: BinaryHeap<C> = BinaryHeap::with_capacity(k + 1);
+        for &i in list {
+            let d = self.exact(q, i);
+            if heap.len() < k {
+                heap.push(C(d, i));
+            } else if heap.peek().is_some_and(|t| d < t.0) {
+                heap.pop();
+                heap.push(C(d, i));
+            }
+        }
+        heap.into_sorted_vec()
+    }
+
     /// Search one prepared query; returns (distance, slot) ascending.
-    pub fn search_one(&self, q: &[f32], k: usize, ef: usize, filter: Option<&Compiled>) -> Vec<(f32, u32)> {
+    pub fn search_one(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        filter: Option<&Compiled>,
+        plan: Plan<'_>,
+    ) -> Vec<(f32, u32)> {
         if self.live() == 0 || k == 0 {
             return Vec::new();
         }
         let r = match filter {
-            None => self.graph_search(q, k, ef, &|i: u32| !self.deleted[i as usize]),
+            None => {
+                let live = |i: u32| !self.deleted[i as usize];
+                let r = self.graph_search(q, k, ef, &live);
+                if r.len() < k.min(self.live()) {
+                    // Only reachable in tiny or heavily-deleted graphs: stay correct.
+                    self.brute(q, k, &live)
+                } else {
+                    r
+                }
+            }
             Some(f) => {
                 let accept = |i: u32| {
-                    !self.deleted[i as usize] && f.matches(&self.interner, self.meta[i as usize].as_ref())
+                    !self.deleted[i as usize]
+                        && f.matches(&self.interner, self.meta[i as usize].as_ref())
                 };
-                if self.filter_is_selective(&accept) {
+                let exact = match plan {
+                    Plan::Exact(list) => {
+                        return self
+                            .brute_list(q, k, list)
+                            .into_iter()
+                            .map(|c| (c.0, c.1))
+                            .collect()
+                    }
+                    Plan::Graph => false,
+                    Plan::Decide => self.filter_is_selective(&accept),
+                };
+                if exact {
                     self.brute(q, k, &accept)
                 } else {
                     let r = self.graph_search(q, k, ef, &accept);
@@ -675,6 +777,17 @@ impl Core {
         };
         r.into_iter().map(|c| (c.0, c.1)).collect()
     }
+}
+
+/// How a filtered query is answered; chosen once per batch by `Index::search`.
+#[derive(Clone, Copy)]
+pub enum Plan<'a> {
+    /// Estimate the filter's selectivity for this query.
+    Decide,
+    /// Walk the graph, evaluating the filter on visited nodes.
+    Graph,
+    /// Exact distances over these matching slots.
+    Exact(&'a [u32]),
 }
 
 /// The thread-safe index.
@@ -753,7 +866,9 @@ impl Index {
         if slots.len() <= 1 || threads == Some(1) {
             slots.for_each(|s| c.insert(s as u32));
         } else {
-            with_threads(threads, || slots.into_par_iter().for_each(|s| c.insert(s as u32)));
+            with_threads(threads, || {
+                slots.into_par_iter().for_each(|s| c.insert(s as u32))
+            });
         }
         let repair = c.needs_repair();
         drop(core);
@@ -788,11 +903,17 @@ impl Index {
         threads: Option<usize>,
     ) -> Result<Hits> {
         if k == 0 || k > 100_000 {
-            return Err(VectorError::arg("k", format!("k must be between 1 and 100000, got {k}")));
+            return Err(VectorError::arg(
+                "k",
+                format!("k must be between 1 and 100000, got {k}"),
+            ));
         }
         if let Some(e) = ef {
             if e == 0 || e > 100_000 {
-                return Err(VectorError::arg("ef", format!("ef must be between 1 and 100000, got {e}")));
+                return Err(VectorError::arg(
+                    "ef",
+                    format!("ef must be between 1 and 100000, got {e}"),
+                ));
             }
         }
         let core = self.core.read();
@@ -801,7 +922,13 @@ impl Index {
         let compiled = filter.map(|f| f.compile(&core.interner));
         let ef = ef.unwrap_or(core.p.ef_search);
         let c: &Core = &core;
-        let run = |i: usize| c.search_one(&queries[i * d..(i + 1) * d], k, ef, compiled.as_ref());
+        let matches = compiled.as_ref().and_then(|f| c.exact_matches(f));
+        let plan = match &matches {
+            Some(list) => Plan::Exact(list),
+            None => Plan::Graph,
+        };
+        let run =
+            |i: usize| c.search_one(&queries[i * d..(i + 1) * d], k, ef, compiled.as_ref(), plan);
         let results: Vec<Vec<(f32, u32)>> = if nq <= 1 || threads == Some(1) {
             (0..nq).map(run).collect()
         } else {
@@ -818,11 +945,13 @@ impl Index {
         Ok(Hits { ids, dists })
     }
 
-    pub fn get(&self, id: u64) -> Result<(Vec<f32>, Option<Vec<(String, Lit)>>)> {
+    pub fn get(&self, id: u64) -> Result<(Vec<f32>, Option<MetaItems>)> {
         let core = self.core.read();
         let slot = *core.slot_of.get(&id).ok_or(VectorError::UnknownId { id })? as usize;
         let v = core.vecs.row(slot).to_vec();
-        let m = core.meta[slot].as_ref().map(|m| core.interner.meta_to_lits(m));
+        let m = core.meta[slot]
+            .as_ref()
+            .map(|m| core.interner.meta_to_lits(m));
         Ok((v, m))
     }
 
@@ -845,7 +974,9 @@ pub(crate) mod tests {
 
     /// Clustered test data: `n` points around `clusters` centers.
     pub fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let mut rnd = move || {
             s ^= s << 13;
             s ^= s >> 7;
@@ -893,7 +1024,10 @@ pub(crate) mod tests {
                 .collect();
             all.sort_by(|a, b| a.0.total_cmp(&b.0));
             let truth: HashSet<u64> = all.iter().take(k).map(|x| x.1).collect();
-            found += hits.ids[qi * k..(qi + 1) * k].iter().filter(|i| truth.contains(i)).count();
+            found += hits.ids[qi * k..(qi + 1) * k]
+                .iter()
+                .filter(|i| truth.contains(i))
+                .count();
         }
         let _ = metric;
         found as f64 / (nq * k) as f64
@@ -904,7 +1038,11 @@ pub(crate) mod tests {
         let mut data = clustered(n, dim, 20, 1);
         // Inner product on unnormalized data is not a metric (HNSW recall drops, as in
         // hnswlib); test dot on unit vectors, the embedding case.
-        let norm = if metric == Metric::Dot { Metric::Cosine } else { metric };
+        let norm = if metric == Metric::Dot {
+            Metric::Cosine
+        } else {
+            metric
+        };
         super::super::prepare_rows("vectors", &mut data, dim, norm).unwrap();
         let idx = Index::new(params(dim, metric, sq4)).unwrap();
         let ids: Vec<u64> = (0..n as u64).collect();
@@ -918,7 +1056,11 @@ pub(crate) mod tests {
             for sq4 in [false, true] {
                 let (idx, data) = build(metric, sq4, 3000);
                 let mut q = clustered(50, 32, 20, 9);
-                let norm = if metric == Metric::Dot { Metric::Cosine } else { metric };
+                let norm = if metric == Metric::Dot {
+                    Metric::Cosine
+                } else {
+                    metric
+                };
                 super::super::prepare_rows("queries", &mut q, 32, norm).unwrap();
                 let r = recall(&idx, &data, &q, metric, 10);
                 assert!(r >= 0.95, "{metric:?} sq4={sq4}: recall {r}");
@@ -935,13 +1077,19 @@ pub(crate) mod tests {
         let q = &data[0..32];
         let hits = idx.search(q, 10, None, None, None).unwrap();
         assert!(hits.ids.iter().all(|i| i % 3 != 0));
-        assert!(matches!(idx.delete(&[0], false), Err(VectorError::UnknownId { id: 0 })));
+        assert!(matches!(
+            idx.delete(&[0], false),
+            Err(VectorError::UnknownId { id: 0 })
+        ));
         // Upsert moves id 1 onto the vector of id 0.
         idx.add(&[1], q, vec![], true, None).unwrap();
         let hits = idx.search(q, 1, None, None, None).unwrap();
         assert_eq!(hits.ids[0], 1);
         assert!(hits.dists[0].abs() < 1e-4);
-        assert!(matches!(idx.add(&[1], q, vec![], false, None), Err(VectorError::DuplicateId { id: 1 })));
+        assert!(matches!(
+            idx.add(&[1], q, vec![], false, None),
+            Err(VectorError::DuplicateId { id: 1 })
+        ));
         let r = recall(&idx, &data, &data[32 * 100..32 * 150], Metric::L2, 10);
         assert!(r >= 0.9, "recall after deletes {r}");
     }
@@ -964,7 +1112,11 @@ pub(crate) mod tests {
                 value: Lit::Int(lim),
             };
             let hits = idx.search(&data[..dim], 10, None, Some(&f), None).unwrap();
-            assert!(hits.ids.iter().all(|&i| (i % 100) < lim as u64), "{:?}", hits.ids);
+            assert!(
+                hits.ids.iter().all(|&i| (i % 100) < lim as u64),
+                "{:?}",
+                hits.ids
+            );
             assert!(hits.ids.iter().all(|&i| i != NO_ID));
             if expect_all {
                 assert_eq!(hits.ids[0], 0);

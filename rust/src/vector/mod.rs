@@ -157,7 +157,11 @@ pub(crate) fn prepare_rows(
             return Err(VectorError::NonFinite { argument, row });
         }
         if metric == Metric::Cosine {
-            let n = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
+            let n = v
+                .iter()
+                .map(|x| (*x as f64) * (*x as f64))
+                .sum::<f64>()
+                .sqrt();
             if n == 0.0 || !n.is_finite() {
                 return Err(VectorError::ZeroVector { argument, row });
             }

@@ -5,12 +5,17 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
+    PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use super::filter::{Filter, Lit, Op};
-use super::hnsw::{Index, Params, BRUTE_FORCE_MAX_ITEMS, BRUTE_FORCE_SELECTIVITY, NO_ID, REPAIR_FRACTION};
+use super::hnsw::{
+    Index, Params, BRUTE_FORCE_MAX_ITEMS, BRUTE_FORCE_SELECTIVITY, NO_ID, REPAIR_FRACTION,
+};
 use super::{prepare_rows, store, Metric, VectorError};
 
 fn bad_filter(path: &str, message: impl Into<String>) -> VectorError {
@@ -23,7 +28,9 @@ fn bad_filter(path: &str, message: impl Into<String>) -> VectorError {
 /// A metadata value or filter operand; `None` when the type is not supported.
 fn lit(v: &Bound<'_, PyAny>) -> std::result::Result<Option<Lit>, &'static str> {
     if v.is_instance_of::<PyBool>() {
-        return Ok(Some(Lit::Bool(v.extract::<bool>().map_err(|_| "bad bool")?)));
+        return Ok(Some(Lit::Bool(
+            v.extract::<bool>().map_err(|_| "bad bool")?,
+        )));
     }
     if v.is_instance_of::<PyInt>() {
         return v
@@ -49,25 +56,38 @@ fn filter_lit(v: &Bound<'_, PyAny>, path: &str) -> Result<Lit, VectorError> {
         Ok(Some(l)) => Ok(l),
         Ok(None) => Err(bad_filter(
             path,
-            format!("operand of type {} is not supported; use str, int, float or bool", type_name(v)),
+            format!(
+                "operand of type {} is not supported; use str, int, float or bool",
+                type_name(v)
+            ),
         )),
         Err(m) => Err(bad_filter(path, m)),
     }
 }
 
 fn type_name(v: &Bound<'_, PyAny>) -> String {
-    v.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+    v.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 fn items_of<'py>(v: &Bound<'py, PyAny>, path: &str) -> Result<Vec<Bound<'py, PyAny>>, VectorError> {
-    if v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>() || v.is_instance_of::<pyo3::types::PySet>() || v.is_instance_of::<pyo3::types::PyFrozenSet>() {
+    if v.is_instance_of::<PyList>()
+        || v.is_instance_of::<PyTuple>()
+        || v.is_instance_of::<pyo3::types::PySet>()
+        || v.is_instance_of::<pyo3::types::PyFrozenSet>()
+    {
         let mut out = Vec::new();
         for x in v.try_iter().map_err(|e| bad_filter(path, e.to_string()))? {
             out.push(x.map_err(|e| bad_filter(path, e.to_string()))?);
         }
         Ok(out)
     } else {
-        Err(bad_filter(path, format!("expected a list, tuple or set, got {}", type_name(v))))
+        Err(bad_filter(
+            path,
+            format!("expected a list, tuple or set, got {}", type_name(v)),
+        ))
     }
 }
 
@@ -79,9 +99,12 @@ pub fn parse_filter(obj: &Bound<'_, PyAny>, path: &str) -> Result<Filter, Vector
         .map_err(|_| bad_filter(path, format!("expected a dict, got {}", type_name(obj))))?;
     let mut parts = Vec::new();
     for (k, v) in d.iter() {
-        let key: String = k
-            .extract()
-            .map_err(|_| bad_filter(path, "filter keys must be field names (str) or $and/$or/$not"))?;
+        let key: String = k.extract().map_err(|_| {
+            bad_filter(
+                path,
+                "filter keys must be field names (str) or $and/$or/$not",
+            )
+        })?;
         let here = format!("{path}.{key}");
         match key.as_str() {
             "$and" | "$or" => {
@@ -90,7 +113,11 @@ pub fn parse_filter(obj: &Bound<'_, PyAny>, path: &str) -> Result<Filter, Vector
                     .enumerate()
                     .map(|(i, x)| parse_filter(x, &format!("{here}[{i}]")))
                     .collect::<Result<Vec<_>, _>>()?;
-                parts.push(if key == "$and" { Filter::And(subs) } else { Filter::Or(subs) });
+                parts.push(if key == "$and" {
+                    Filter::And(subs)
+                } else {
+                    Filter::Or(subs)
+                });
             }
             "$not" => parts.push(Filter::Not(Box::new(parse_filter(&v, &here)?))),
             k if k.starts_with('$') => {
@@ -99,10 +126,15 @@ pub fn parse_filter(obj: &Bound<'_, PyAny>, path: &str) -> Result<Filter, Vector
             _ => {
                 if let Ok(ops) = v.cast::<PyDict>() {
                     if ops.is_empty() {
-                        return Err(bad_filter(&here, "empty condition; give an operator such as {\"eq\": value}"));
+                        return Err(bad_filter(
+                            &here,
+                            "empty condition; give an operator such as {\"eq\": value}",
+                        ));
                     }
                     for (op, operand) in ops.iter() {
-                        let op: String = op.extract().map_err(|_| bad_filter(&here, "operator names are str"))?;
+                        let op: String = op
+                            .extract()
+                            .map_err(|_| bad_filter(&here, "operator names are str"))?;
                         let p = format!("{here}.{op}");
                         match op.as_str() {
                             "in" | "nin" => {
@@ -118,7 +150,10 @@ pub fn parse_filter(obj: &Bound<'_, PyAny>, path: &str) -> Result<Filter, Vector
                             }
                             other => {
                                 let op = Op::parse(other).ok_or_else(|| {
-                                    bad_filter(&p, "unknown operator; use eq, ne, lt, lte, gt, gte, in or nin")
+                                    bad_filter(
+                                        &p,
+                                        "unknown operator; use eq, ne, lt, lte, gt, gte, in or nin",
+                                    )
                                 })?;
                                 parts.push(Filter::Cmp {
                                     field: key.clone(),
@@ -138,10 +173,16 @@ pub fn parse_filter(obj: &Bound<'_, PyAny>, path: &str) -> Result<Filter, Vector
             }
         }
     }
-    Ok(if parts.len() == 1 { parts.pop().expect("one") } else { Filter::And(parts) })
+    Ok(if parts.len() == 1 {
+        parts.pop().expect("one")
+    } else {
+        Filter::And(parts)
+    })
 }
 
-type MetaItems = Vec<(String, Lit)>;
+use super::hnsw::MetaItems;
+
+type Record<'py> = (Bound<'py, PyArray1<f32>>, Option<Bound<'py, PyDict>>);
 
 fn parse_metadata(obj: &Bound<'_, PyAny>, n: usize) -> Result<Vec<Option<MetaItems>>, VectorError> {
     let arg = |m: String| VectorError::arg("metadata", m);
@@ -156,14 +197,21 @@ fn parse_metadata(obj: &Bound<'_, PyAny>, n: usize) -> Result<Vec<Option<MetaIte
             out.push(None);
             continue;
         }
-        let d = item
-            .cast::<PyDict>()
-            .map_err(|_| arg(format!("row {row}: expected a dict or None, got {}", type_name(&item))))?;
+        let d = item.cast::<PyDict>().map_err(|_| {
+            arg(format!(
+                "row {row}: expected a dict or None, got {}",
+                type_name(&item)
+            ))
+        })?;
         let mut m = Vec::with_capacity(d.len());
         for (k, v) in d.iter() {
-            let key: String = k.extract().map_err(|_| arg(format!("row {row}: keys must be str")))?;
+            let key: String = k
+                .extract()
+                .map_err(|_| arg(format!("row {row}: keys must be str")))?;
             if key.starts_with('$') {
-                return Err(arg(format!("row {row}: key {key:?} starts with '$', which filters reserve")));
+                return Err(arg(format!(
+                    "row {row}: key {key:?} starts with '$', which filters reserve"
+                )));
             }
             match lit(&v) {
                 Ok(Some(l)) => m.push((key, l)),
@@ -179,7 +227,10 @@ fn parse_metadata(obj: &Bound<'_, PyAny>, n: usize) -> Result<Vec<Option<MetaIte
         out.push(Some(m));
     }
     if out.len() != n {
-        return Err(arg(format!("got {} metadata entries for {n} ids; pass one per id (or None)", out.len())));
+        return Err(arg(format!(
+            "got {} metadata entries for {n} ids; pass one per id (or None)",
+            out.len()
+        )));
     }
     Ok(out)
 }
@@ -194,7 +245,12 @@ fn lit_to_py<'py>(py: Python<'py>, l: &Lit) -> PyResult<Bound<'py, PyAny>> {
 }
 
 /// Rows of a 2-D float32 array, checked: shape, contiguity, finiteness (normalized for cosine).
-fn rows(arr: &PyReadonlyArray2<'_, f32>, argument: &'static str, dim: usize, metric: Metric) -> Result<Vec<f32>, VectorError> {
+fn rows(
+    arr: &PyReadonlyArray2<'_, f32>,
+    argument: &'static str,
+    dim: usize,
+    metric: Metric,
+) -> Result<Vec<f32>, VectorError> {
     let shape = arr.shape();
     if shape[1] != dim {
         return Err(VectorError::Dimension {
@@ -204,9 +260,12 @@ fn rows(arr: &PyReadonlyArray2<'_, f32>, argument: &'static str, dim: usize, met
             row: 0,
         });
     }
-    let s = arr
-        .as_slice()
-        .map_err(|_| VectorError::arg(argument, "array must be C-contiguous; use numpy.ascontiguousarray"))?;
+    let s = arr.as_slice().map_err(|_| {
+        VectorError::arg(
+            argument,
+            "array must be C-contiguous; use numpy.ascontiguousarray",
+        )
+    })?;
     let mut v = s.to_vec();
     prepare_rows(argument, &mut v, dim, metric)?;
     Ok(v)
@@ -273,7 +332,10 @@ impl VectorIndexCore {
         threads: Option<usize>,
     ) -> PyResult<usize> {
         let data = rows(&vectors, "vectors", self.dim, self.metric)?;
-        let ids = ids.as_slice().map_err(|_| VectorError::arg("ids", "ids must be a contiguous 1-D array"))?.to_vec();
+        let ids = ids
+            .as_slice()
+            .map_err(|_| VectorError::arg("ids", "ids must be a contiguous 1-D array"))?
+            .to_vec();
         let metas = match metadata {
             Some(m) if !m.is_none() => parse_metadata(&m, ids.len())?,
             _ => Vec::new(),
@@ -284,8 +346,16 @@ impl VectorIndexCore {
 
     /// Delete ids; unknown ids raise unless `missing_ok`. Returns the number deleted.
     #[pyo3(signature = (ids, missing_ok = false))]
-    fn delete(&self, py: Python<'_>, ids: PyReadonlyArray1<'_, u64>, missing_ok: bool) -> PyResult<usize> {
-        let ids = ids.as_slice().map_err(|_| VectorError::arg("ids", "ids must be a contiguous 1-D array"))?.to_vec();
+    fn delete(
+        &self,
+        py: Python<'_>,
+        ids: PyReadonlyArray1<'_, u64>,
+        missing_ok: bool,
+    ) -> PyResult<usize> {
+        let ids = ids
+            .as_slice()
+            .map_err(|_| VectorError::arg("ids", "ids must be a contiguous 1-D array"))?
+            .to_vec();
         let inner = &self.inner;
         Ok(py.detach(|| inner.delete(&ids, missing_ok))?)
     }
@@ -316,7 +386,7 @@ impl VectorIndexCore {
     }
 
     /// `(vector, metadata or None)` of one id (cosine vectors are stored normalized).
-    fn get<'py>(&self, py: Python<'py>, id: u64) -> PyResult<(Bound<'py, PyArray1<f32>>, Option<Bound<'py, PyDict>>)> {
+    fn get<'py>(&self, py: Python<'py>, id: u64) -> PyResult<Record<'py>> {
         let inner = &self.inner;
         let (v, m) = py.detach(|| inner.get(id))?;
         let meta = match m {
@@ -382,7 +452,13 @@ impl VectorIndexCore {
         let graph: usize = c
             .nodes
             .iter()
-            .map(|n| n.links.iter().map(|l| l.read().capacity() * 4 + 32).sum::<usize>() + 16)
+            .map(|n| {
+                n.links
+                    .iter()
+                    .map(|l| l.read().capacity() * 4 + 32)
+                    .sum::<usize>()
+                    + 16
+            })
             .sum();
         d.set_item("count", c.live())?;
         d.set_item("deleted", c.n_deleted - c.n_purged)?;

@@ -123,7 +123,11 @@ mod tests {
     fn roundtrip_error_is_bounded_by_half_a_step() {
         let dim = 40;
         let rows: Vec<Vec<f32>> = (0..200)
-            .map(|i| (0..dim).map(|d| ((i * 7 + d * 13) % 100) as f32 / 50.0 - 1.0).collect())
+            .map(|i| {
+                (0..dim)
+                    .map(|d| ((i * 7 + d * 13) % 100) as f32 / 50.0 - 1.0)
+                    .collect()
+            })
             .collect();
         let sq = Sq4::fit(dim, rows.iter().map(|r| r.as_slice()));
         let mut codes = vec![0u8; Sq4::code_bytes(dim)];
@@ -141,7 +145,11 @@ mod tests {
     fn asymmetric_distance_matches_decoded() {
         let dim = 20;
         let rows: Vec<Vec<f32>> = (0..50)
-            .map(|i| (0..dim).map(|d| ((i * 3 + d * 5) % 17) as f32 / 17.0).collect())
+            .map(|i| {
+                (0..dim)
+                    .map(|d| ((i * 3 + d * 5) % 17) as f32 / 17.0)
+                    .collect()
+            })
             .collect();
         let sq = Sq4::fit(dim, rows.iter().map(|r| r.as_slice()));
         let k = Kernels::detect();

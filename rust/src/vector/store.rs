@@ -66,10 +66,14 @@ impl<'a> R<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn len(&mut self, max: usize) -> Result<usize> {
         let n = self.u64()? as usize;
@@ -79,8 +83,13 @@ impl<'a> R<'a> {
         Ok(n)
     }
     fn f32s(&mut self, n: usize) -> Result<Vec<f32>> {
-        let b = self.take(n.checked_mul(4).ok_or_else(|| corrupt(self.path, "size overflow"))?)?;
-        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect())
+        let b = self.take(
+            n.checked_mul(4)
+                .ok_or_else(|| corrupt(self.path, "size overflow"))?,
+        )?;
+        Ok(b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+            .collect())
     }
     fn bytes(&mut self) -> Result<&'a [u8]> {
         let n = self.len(self.b.len())?;
@@ -95,12 +104,17 @@ fn corrupt(path: &Path, message: &str) -> VectorError {
     }
 }
 
-fn write_durable(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>) -> Result<()> {
+fn write_durable(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
+) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let f = File::create(&tmp).map_err(|e| VectorError::io(&tmp, e))?;
     {
         let mut w = BufWriter::with_capacity(1 << 20, &f);
-        write(&mut w).and_then(|_| w.flush()).map_err(|e| VectorError::io(&tmp, e))?;
+        write(&mut w)
+            .and_then(|_| w.flush())
+            .map_err(|e| VectorError::io(&tmp, e))?;
     }
     f.sync_all().map_err(|e| VectorError::io(&tmp, e))?;
     drop(f);
@@ -108,14 +122,21 @@ fn write_durable(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    let d = OpenOptions::new().read(true).open(dir).map_err(|e| VectorError::io(dir, e))?;
+    let d = OpenOptions::new()
+        .read(true)
+        .open(dir)
+        .map_err(|e| VectorError::io(dir, e))?;
     d.sync_all().map_err(|e| VectorError::io(dir, e))
 }
 
 fn read_current(dir: &Path) -> Result<Option<u64>> {
     let p = dir.join("CURRENT");
     match fs::read_to_string(&p) {
-        Ok(s) => s.trim().parse::<u64>().map(Some).map_err(|_| corrupt(dir, "CURRENT does not hold a generation number")),
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| corrupt(dir, "CURRENT does not hold a generation number")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(VectorError::io(&p, e)),
     }
@@ -149,7 +170,9 @@ pub fn save(core: &Core, dir: &Path) -> Result<()> {
     })?;
 
     let p = &core.p;
-    let mut w = W { buf: Vec::with_capacity(live.len() * (p.m * 8 + 16)) };
+    let mut w = W {
+        buf: Vec::with_capacity(live.len() * (p.m * 8 + 16)),
+    };
     w.buf.extend_from_slice(MAGIC);
     w.u32(VERSION);
     w.u64(p.dim as u64);
@@ -171,7 +194,11 @@ pub fn save(core: &Core, dir: &Path) -> Result<()> {
         w.u8(node.level);
         for l in node.links.iter() {
             let l = l.read();
-            let kept: Vec<u32> = l.iter().map(|&x| remap[x as usize]).filter(|&x| x != NONE).collect();
+            let kept: Vec<u32> = l
+                .iter()
+                .map(|&x| remap[x as usize])
+                .filter(|&x| x != NONE)
+                .collect();
             w.u32(kept.len() as u32);
             for x in kept {
                 w.u32(x);
@@ -234,7 +261,9 @@ pub fn save(core: &Core, dir: &Path) -> Result<()> {
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let old = (name.starts_with("vectors-") || name.starts_with("index-")) && name != vname && name != iname;
+            let old = (name.starts_with("vectors-") || name.starts_with("index-"))
+                && name != vname
+                && name != iname;
             if old || name.ends_with(".tmp") {
                 let _ = fs::remove_file(e.path());
             }
@@ -246,11 +275,17 @@ pub fn save(core: &Core, dir: &Path) -> Result<()> {
 /// Load the current generation of `dir`; with `mmap` the vectors file is memory-mapped.
 pub fn load(dir: &Path, mmap: bool) -> Result<Index> {
     if cfg!(target_endian = "big") {
-        return Err(corrupt(dir, "index files are little-endian; this platform is big-endian"));
+        return Err(corrupt(
+            dir,
+            "index files are little-endian; this platform is big-endian",
+        ));
     }
     let gen = read_current(dir)?.ok_or_else(|| VectorError::Io {
         path: dir.display().to_string(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no saved index here (CURRENT is missing)"),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no saved index here (CURRENT is missing)",
+        ),
     })?;
     let (vname, iname) = names(gen);
     let ipath: PathBuf = dir.join(iname);
@@ -262,7 +297,11 @@ pub fn load(dir: &Path, mmap: bool) -> Result<Index> {
     if crc32fast::hash(body) != u32::from_le_bytes(trailer.try_into().expect("4")) {
         return Err(corrupt(&ipath, "checksum mismatch"));
     }
-    let mut r = R { b: body, pos: 8, path: &ipath };
+    let mut r = R {
+        b: body,
+        pos: 8,
+        path: &ipath,
+    };
     if r.u32()? != VERSION {
         return Err(corrupt(&ipath, "unsupported format version"));
     }
@@ -363,7 +402,12 @@ pub fn load(dir: &Path, mmap: bool) -> Result<Index> {
         let padded = dim.div_ceil(16) * 16;
         let low = r.f32s(padded)?;
         let step = r.f32s(padded)?;
-        core.sq = Some(Sq4 { dim, padded, low, step });
+        core.sq = Some(Sq4 {
+            dim,
+            padded,
+            low,
+            step,
+        });
         core.codes = r.take(n * core.code_bytes)?.to_vec();
     } else if sq4 {
         return Err(corrupt(&ipath, "compressed index without codes"));
@@ -378,7 +422,10 @@ pub fn load(dir: &Path, mmap: bool) -> Result<Index> {
     let expect = (n * dim * 4) as u64;
     let got = f.metadata().map_err(|e| VectorError::io(&vpath, e))?.len();
     if got != expect {
-        return Err(corrupt(&vpath, &format!("vectors file has {got} bytes, expected {expect}")));
+        return Err(corrupt(
+            &vpath,
+            &format!("vectors file has {got} bytes, expected {expect}"),
+        ));
     }
     let mut vecs = Vectors::new(dim);
     if mmap && n > 0 {
@@ -390,7 +437,10 @@ pub fn load(dir: &Path, mmap: bool) -> Result<Index> {
         core.mmap_path = Some(vpath.display().to_string());
     } else {
         let b = fs::read(&vpath).map_err(|e| VectorError::io(&vpath, e))?;
-        vecs.tail = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect();
+        vecs.tail = b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+            .collect();
     }
     core.vecs = vecs;
     core.k = Kernels::detect();
@@ -399,9 +449,9 @@ pub fn load(dir: &Path, mmap: bool) -> Result<Index> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::filter::Lit;
     use super::super::hnsw::tests::{clustered, params};
     use super::super::hnsw::Index;
-    use super::super::filter::Lit;
     use super::*;
 
     #[test]
@@ -414,17 +464,23 @@ mod tests {
         for sq4 in [false, true] {
             let idx = Index::new(params(dim, Metric::L2, sq4)).unwrap();
             let ids: Vec<u64> = (0..n as u64).map(|i| i * 10).collect();
-            let metas = (0..n).map(|i| Some(vec![("k".to_string(), Lit::Str(format!("v{}", i % 3)))])).collect();
+            let metas = (0..n)
+                .map(|i| Some(vec![("k".to_string(), Lit::Str(format!("v{}", i % 3)))]))
+                .collect();
             idx.add(&ids, &data, metas, false, None).unwrap();
             idx.delete(&[0, 10], false).unwrap();
-            let before = idx.search(&data[dim * 5..dim * 6], 5, None, None, None).unwrap();
+            let before = idx
+                .search(&data[dim * 5..dim * 6], 5, None, None, None)
+                .unwrap();
             save(&idx.core.read(), &dir).unwrap();
             save(&idx.core.read(), &dir).unwrap(); // second generation replaces the first
             for mmap in [true, false] {
                 let back = load(&dir, mmap).unwrap();
                 assert_eq!(back.len(), n - 2);
                 assert!(!back.contains(0) && back.contains(20));
-                let after = back.search(&data[dim * 5..dim * 6], 5, None, None, None).unwrap();
+                let after = back
+                    .search(&data[dim * 5..dim * 6], 5, None, None, None)
+                    .unwrap();
                 assert_eq!(before.ids, after.ids);
                 let (v, m) = back.get(50).unwrap();
                 assert_eq!(v, data[dim * 5..dim * 6].to_vec());
@@ -434,7 +490,10 @@ mod tests {
                 assert!(back.contains(1));
             }
         }
-        let files: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let files: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(files.len(), 3, "{files:?}");
         // Corruption is detected.
         let gen = read_current(&dir).unwrap().unwrap();
