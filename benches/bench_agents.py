@@ -19,9 +19,9 @@ import time
 from typing import Any
 
 import anyio
-from conftest import size
 
 import symbi
+from conftest import size
 
 N_IDLE = size(100_000, 10_000)
 N_TASKS = size(100_000, 10_000)
@@ -149,46 +149,104 @@ def _value_row(benchmark: Any, tag: Any, value: float, **info: Any) -> None:
 
 
 def test_bytes_per_idle_agent_symbi(benchmark, tag):
-    _value_row(benchmark, tag, idle("symbi")["bytes_per_agent"], role="symbi",
-               metric=f"bytes per idle agent ({N_IDLE} held)", unit="B", better="lower",
-               seed_target="10k agents, 1-5 MB each", goal="100k agents, <= 20 KB each")
+    _value_row(
+        benchmark,
+        tag,
+        idle("symbi")["bytes_per_agent"],
+        role="symbi",
+        metric=f"bytes per idle agent ({N_IDLE} held)",
+        unit="B",
+        better="lower",
+        seed_target="10k agents, 1-5 MB each",
+        goal="100k agents, <= 20 KB each",
+    )
 
 
 def test_bytes_per_idle_agent_peer(benchmark, tag):
-    _value_row(benchmark, tag, idle("queue")["bytes_per_agent"], role="peer", peer=PEER_QUEUE,
-               metric=f"bytes per idle agent ({N_IDLE} held)", unit="B", better="lower")
+    _value_row(
+        benchmark,
+        tag,
+        idle("queue")["bytes_per_agent"],
+        role="peer",
+        peer=PEER_QUEUE,
+        metric=f"bytes per idle agent ({N_IDLE} held)",
+        unit="B",
+        better="lower",
+    )
 
 
 def test_spawn_rate_symbi(benchmark, tag):
-    _value_row(benchmark, tag, idle("symbi")["spawn_per_s"], role="symbi",
-               metric="spawn rate (policy-checked, audited)", unit="agents/s", better="higher",
-               seed_target="start < 1 s", goal="start < 1 ms")
+    _value_row(
+        benchmark,
+        tag,
+        idle("symbi")["spawn_per_s"],
+        role="symbi",
+        metric="spawn rate (policy-checked, audited)",
+        unit="agents/s",
+        better="higher",
+        seed_target="start < 1 s",
+        goal="start < 1 ms",
+    )
 
 
 def test_spawn_rate_peer(benchmark, tag):
-    _value_row(benchmark, tag, idle("queue")["spawn_per_s"], role="peer", peer=PEER_QUEUE,
-               metric="spawn rate (policy-checked, audited)", unit="agents/s", better="higher")
+    _value_row(
+        benchmark,
+        tag,
+        idle("queue")["spawn_per_s"],
+        role="peer",
+        peer=PEER_QUEUE,
+        metric="spawn rate (policy-checked, audited)",
+        unit="agents/s",
+        better="higher",
+    )
 
 
 def test_start_latency_symbi(benchmark, tag):
-    _value_row(benchmark, tag, idle("symbi")["start_latency_us"], role="symbi",
-               metric="agent start latency in-process", unit="µs", better="lower",
-               seed_target="< 1 s", goal="< 1 ms")
+    _value_row(
+        benchmark,
+        tag,
+        idle("symbi")["start_latency_us"],
+        role="symbi",
+        metric="agent start latency in-process",
+        unit="µs",
+        better="lower",
+        seed_target="< 1 s",
+        goal="< 1 ms",
+    )
 
 
 def test_idle_cpu_symbi(benchmark, tag):
-    _value_row(benchmark, tag, idle("symbi")["idle_cpu_pct"], role="symbi",
-               metric=f"runtime CPU with {N_IDLE} idle agents", unit="% of a core",
-               better="lower", seed_target="< 2%")
+    _value_row(
+        benchmark,
+        tag,
+        idle("symbi")["idle_cpu_pct"],
+        role="symbi",
+        metric=f"runtime CPU with {N_IDLE} idle agents",
+        unit="% of a core",
+        better="lower",
+        seed_target="< 2%",
+    )
 
 
 def test_short_tasks_symbi(benchmark, tag):
-    tag(role="symbi", metric=f"throughput of {N_TASKS} short tasks", unit="tasks/s",
-        items=N_TASKS, seed_target="-", goal="<= 1.5x the time of bare asyncio.gather")
+    tag(
+        role="symbi",
+        metric=f"throughput of {N_TASKS} short tasks",
+        unit="tasks/s",
+        items=N_TASKS,
+        seed_target="-",
+        goal="<= 1.5x the time of bare asyncio.gather",
+    )
     benchmark.pedantic(measure_symbi_tasks, rounds=size(3, 1), iterations=1)
 
 
 def test_short_tasks_peer(benchmark, tag):
-    tag(role="peer", peer="asyncio.gather of the same coroutines",
-        metric=f"throughput of {N_TASKS} short tasks", unit="tasks/s", items=N_TASKS)
+    tag(
+        role="peer",
+        peer="asyncio.gather of the same coroutines",
+        metric=f"throughput of {N_TASKS} short tasks",
+        unit="tasks/s",
+        items=N_TASKS,
+    )
     benchmark.pedantic(measure_bare_tasks, rounds=size(3, 1), iterations=1)

@@ -19,8 +19,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import size
 
+from conftest import size
 from symbi.scheduler import Placement, Priority, Scheduler, Slot
 
 N = size(20_000, 2_000)
@@ -51,9 +51,7 @@ def slots() -> list[Slot]:
 
 def workload(first_id: int = 0) -> list[tuple[int, int, float, float]]:
     rng = random.Random(3)
-    return [
-        (first_id + i, rng.randrange(5), float(rng.randint(1, 8)), 0.0) for i in range(N)
-    ]
+    return [(first_id + i, rng.randrange(5), float(rng.randint(1, 8)), 0.0) for i in range(N)]
 
 
 class HeapqScheduler:
@@ -163,8 +161,12 @@ def test_scheduler_latency_symbi(benchmark: Any, tag: Any, tasks: list, q: str) 
     st = s.status()
     assert st.decisions == rounds[0] * N
     value = st.decision_p50_us if q == "p50" else st.decision_p99_us
-    tag(role="symbi", metric=f"scheduling decision {q} latency (in Rust)", value=value,
-        **LATENCY_ROW)
+    tag(
+        role="symbi",
+        metric=f"scheduling decision {q} latency (in Rust)",
+        value=value,
+        **LATENCY_ROW,
+    )
 
 
 @pytest.mark.parametrize("q", ["p50", "p99"])
@@ -186,6 +188,10 @@ def test_scheduler_latency_peer_heapq(benchmark: Any, tag: Any, tasks: list, q: 
 
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
     per_decision_us = statistics.median(times) / N * 1e6
-    tag(role="peer", peer="heapq scheduler, time per decision",
-        metric=f"scheduling decision {q} latency (in Rust)", value=per_decision_us,
-        **LATENCY_ROW)
+    tag(
+        role="peer",
+        peer="heapq scheduler, time per decision",
+        metric=f"scheduling decision {q} latency (in Rust)",
+        value=per_decision_us,
+        **LATENCY_ROW,
+    )

@@ -42,19 +42,34 @@ class SchedulerMachine(RuleBasedStateMachine):
         balancing=st.sampled_from(["least_loaded", "round_robin", "weighted"]),
         preemption=st.booleans(),
         reserve=st.sampled_from([0.0, 0.1, 0.25]),
-        sizes=st.lists(st.tuples(st.sampled_from([50.0, 100.0, 128.0]), st.sampled_from([1.0, 4.0])),
-                       min_size=1, max_size=4),
+        sizes=st.lists(
+            st.tuples(st.sampled_from([50.0, 100.0, 128.0]), st.sampled_from([1.0, 4.0])),
+            min_size=1,
+            max_size=4,
+        ),
     )
-    def setup(self, strategy: str, balancing: str, preemption: bool, reserve: float,
-              sizes: list[tuple[float, float]]) -> None:
+    def setup(
+        self,
+        strategy: str,
+        balancing: str,
+        preemption: bool,
+        reserve: float,
+        sizes: list[tuple[float, float]],
+    ) -> None:
         slots = []
         for m, c in sizes:
             slots.append(Slot(f"s{self.next_slot}", m, c, weight=1.0 + self.next_slot % 3))
             self.next_slot += 1
         self.slots = {sl.id: sl for sl in slots}
         self.strategy, self.reserve = strategy, reserve
-        self.s = Scheduler(slots, strategy=strategy, balancing=balancing,  # type: ignore[arg-type]
-                           aging_s=2.0, critical_reserve=reserve, preemption=preemption)
+        self.s = Scheduler(
+            slots,
+            strategy=strategy,
+            balancing=balancing,  # type: ignore[arg-type]
+            aging_s=2.0,
+            critical_reserve=reserve,
+            preemption=preemption,
+        )
         self.s._set_clock(self.clock)
 
     # ------------------------------------------------------------ helpers
@@ -63,8 +78,10 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def could_fit(self, prio: int, mem: float, cpu: float) -> bool:
         held = self.reserve if self.strategy == "priority" and prio != 0 else 0.0
-        return any(mem <= sl.memory_mb * (1 - held) + 1e-6 and cpu <= sl.cpu_cores * (1 - held) + 1e-6
-                   for sl in self.slots.values())
+        return any(
+            mem <= sl.memory_mb * (1 - held) + 1e-6 and cpu <= sl.cpu_cores * (1 - held) + 1e-6
+            for sl in self.slots.values()
+        )
 
     # ------------------------------------------------------------ rules
     @rule(prio=st.sampled_from(list(Priority)), mem=demands, cpu=cpus)

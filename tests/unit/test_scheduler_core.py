@@ -28,8 +28,14 @@ def order(placements: list[Placement]) -> list[int]:
 
 def test_priority_order_then_submission_order() -> None:
     s = make((1000, 8))
-    for tid, prio in [(1, Priority.BATCH), (2, Priority.NORMAL), (3, Priority.CRITICAL),
-                      (4, Priority.NORMAL), (5, Priority.HIGH), (6, Priority.LOW)]:
+    for tid, prio in [
+        (1, Priority.BATCH),
+        (2, Priority.NORMAL),
+        (3, Priority.CRITICAL),
+        (4, Priority.NORMAL),
+        (5, Priority.HIGH),
+        (6, Priority.LOW),
+    ]:
         s.submit(tid, priority=prio)
     assert order(s.schedule()) == [3, 5, 2, 4, 6, 1]
 
@@ -154,8 +160,9 @@ def test_least_loaded_zero_demand_alternates() -> None:
 
 
 def test_weighted_follows_slot_weights() -> None:
-    s = Scheduler([Slot("big", 100, 4, weight=3.0), Slot("small", 100, 4, weight=1.0)],
-                  balancing="weighted")
+    s = Scheduler(
+        [Slot("big", 100, 4, weight=3.0), Slot("small", 100, 4, weight=1.0)], balancing="weighted"
+    )
     s.submit_many([(i, 2, 0.0, 0.0) for i in range(40)])
     assert slot_counts(s.schedule()) == {"big": 30, "small": 10}
 

@@ -78,9 +78,8 @@ def _query(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             details = msgspec.json.encode(r["details"]).decode()
-            print(
-                f"{r['sequence']:>8}  {r['time']}  {r['agent_id']:<24} {r['event_type']:<24} {details}"
-            )
+            who, what = r["agent_id"], r["event_type"]
+            print(f"{r['sequence']:>8}  {r['time']}  {who:<24} {what:<24} {details}")
         print(f"({len(rows)} events)", file=sys.stderr)
     return 0
 

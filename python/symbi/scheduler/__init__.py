@@ -23,9 +23,10 @@ Head of line
 Preemption
     With ``preemption=True``, a task that fits nowhere evicts running tasks of strictly
     lower priority that would also queue behind it (a task that aged past it is never
-    evicted, so preemption cannot undo aging) on one slot: lowest priority first, then most recently started, the
-    fewest that make room. Evicted ids are in ``Placement.preempted``; they are back in the
-    queue with their enqueue time, and a later ``schedule()`` resumes them.
+    evicted, so preemption cannot undo aging) on one slot: lowest priority first, then
+    most recently started, the fewest that make room. Evicted ids are in
+    ``Placement.preempted``; they are back in the queue with their enqueue time, and a
+    later ``schedule()`` resumes them.
 
 Submitting a task larger than every slot (or, under ``priority``, larger than every
 slot's non-reserved share, for non-CRITICAL tasks), a duplicate id or a negative demand

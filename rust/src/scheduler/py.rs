@@ -144,7 +144,19 @@ impl SchedulerCore {
     fn submit_many(&self, py: Python<'_>, tasks: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut batch = Vec::with_capacity(tasks.len().unwrap_or(0));
         for (index, item) in tasks.try_iter()?.enumerate() {
-            batch.push(batch_entry(index, &item?)?);
+            let item = item?;
+            // Fast path for well-formed tuples; the slow path explains what is wrong.
+            let spec = match item.extract::<(u64, i64, f64, f64)>() {
+                Ok((id, level, memory_mb, cpu_cores)) => TaskSpec {
+                    id,
+                    level,
+                    memory_mb,
+                    cpu_cores,
+                    group: 0,
+                },
+                Err(_) => batch_entry(index, &item)?,
+            };
+            batch.push(spec);
         }
         py.detach(|| self.lock().submit_many(&batch))?;
         Ok(())
