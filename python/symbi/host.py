@@ -15,6 +15,7 @@ lifecycle transitions (audited).
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import itertools
 import logging
@@ -86,15 +87,18 @@ class SystemStatus(msgspec.Struct, frozen=True, kw_only=True):
     mailbox_depth: int
     dead_letters: int
     tasks_completed: int
+    late_replies: int = 0
+    request_timeouts: int = 0
 
 
 class _Reply:
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "timed_out", "value")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.value: Any = None
         self.error: Optional[BaseException] = None
+        self.timed_out = False
 
 
 class _Envelope:
@@ -184,6 +188,47 @@ def default_slots(workers: int) -> list[Slot]:
     return [Slot(id=f"worker-{i}", memory_mb=total_mb / n, cpu_cores=1.0) for i in range(n)]
 
 
+class _Deadlines:
+    """Request timeouts without a cancel scope per request: one watchdog task sleeps until
+    the earliest deadline and wakes the requests whose time is up. A cancel scope with a
+    deadline costs more than the rest of a short request, so sharing one matters."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Reply]] = []
+        self._seq = itertools.count()
+        self._wake = anyio.Event()
+        self.expired = 0
+
+    def add(self, deadline: float, reply: _Reply) -> None:
+        entry = (deadline, next(self._seq), reply)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
+            self._wake.set()  # a new earliest deadline: the watchdog must re-arm
+        elif len(self._heap) % 65_536 == 0:
+            self._compact()
+
+    def _compact(self) -> None:
+        # Answered requests leave their entries behind; drop them in bulk.
+        self._heap = [e for e in self._heap if not e[2].done.is_set()]
+        heapq.heapify(self._heap)
+
+    async def run(self) -> None:
+        while True:
+            now = anyio.current_time()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, reply = heapq.heappop(self._heap)
+                if not reply.done.is_set():
+                    reply.timed_out = True
+                    self.expired += 1
+                    reply.done.set()
+            self._wake = anyio.Event()
+            if self._heap:
+                with anyio.move_on_after(self._heap[0][0] - now):
+                    await self._wake.wait()
+            else:
+                await self._wake.wait()
+
+
 class AgentHost:
     """The runtime component that owns agents (``name = "agents"``)."""
 
@@ -214,13 +259,16 @@ class AgentHost:
         self._dead: deque[tuple[str, str, str]] = deque(maxlen=10_000)
         self._dead_count = 0
         self._completed = 0
+        self._late_replies = 0
         self._stopping = False
+        self._deadlines = _Deadlines()
         if audit is not None:
             self.lifecycle.subscribe(self._audit_transition)
 
     # -------------------------------------------------------------- component
     async def start(self, task_group: TaskGroup) -> None:
         self._tg = task_group
+        task_group.start_soon(self._deadlines.run, name="symbi.agents.deadlines")
 
     async def stop(self) -> None:
         # Cancel running tasks, then terminate every agent.
@@ -622,8 +670,11 @@ class AgentHost:
                 {"resource": error.resource, "limit": error.limit, "used": error.used},
             )
         if env.reply is not None:
-            env.reply.value, env.reply.error = value, error
-            env.reply.done.set()
+            if env.reply.done.is_set():  # the requester timed out: drop the late reply
+                self._late_replies += 1
+            else:
+                env.reply.value, env.reply.error = value, error
+                env.reply.done.set()
         elif error is not None and outcome == "error":
             log.error("agent %s failed handling %s: %r", rec.name, type(env.msg).__name__, error)
         suspend = outcome == "limit" or (outcome == "timeout" and rec.on_timeout == "suspend")
@@ -641,6 +692,25 @@ class AgentHost:
             self.scheduler.complete(tid)
         self._submit(rec, pump=False)
         return self._pump(inline=rec)
+
+    async def wait_reply(
+        self, reply: _Reply, *, recipient: str, timeout: float, total: Optional[float] = None
+    ) -> Any:
+        """The handler's return value (or its exception); RequestTimeout after ``timeout``."""
+        if not reply.done.is_set():
+            self._deadlines.add(anyio.current_time() + timeout, reply)
+            await reply.done.wait()
+        if reply.timed_out:
+            total = timeout if total is None else total
+            raise RequestTimeout(
+                f"no reply from {recipient!r} within {total}s; the agent may be busy, "
+                "suspended or slow; raise the timeout or check rt.status()",
+                recipient=recipient,
+                timeout=total,
+            )
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
 
     # ------------------------------------------------------------ management
     def resume(self, ref: str, reason: str = "policy cleared") -> None:
@@ -715,22 +785,9 @@ class AgentHost:
             mailbox_depth=sum(len(r.mailbox) for r in self._agents.values()),
             dead_letters=self._dead_count,
             tasks_completed=self._completed,
+            late_replies=self._late_replies,
+            request_timeouts=self._deadlines.expired,
         )
 
     # Set by the runtime: what a handler's Context uses to send and request.
     _runtime_api: Any = None
-
-
-async def wait_reply(reply: _Reply, *, recipient: str, timeout: float, total: float) -> Any:
-    with anyio.move_on_after(timeout):
-        await reply.done.wait()
-    if not reply.done.is_set():
-        raise RequestTimeout(
-            f"no reply from {recipient!r} within {total}s; the agent may be busy, "
-            "suspended or slow; raise the timeout or check rt.status()",
-            recipient=recipient,
-            timeout=total,
-        )
-    if reply.error is not None:
-        raise reply.error
-    return reply.value

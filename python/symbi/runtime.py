@@ -24,7 +24,7 @@ from .audit import AuditLog
 from .components import Component, ComponentHealth, HealthStatus, Housekeeper
 from .config import Config
 from .errors import ComponentError, InvalidArgument, RuntimeStateError
-from .host import AgentFactory, AgentHandle, AgentHost, SystemStatus, default_slots, wait_reply
+from .host import AgentFactory, AgentHandle, AgentHost, SystemStatus, default_slots
 from .lifecycle import AgentState, LifecycleController
 from .message import Message
 from .policy import PolicyEngine
@@ -202,7 +202,7 @@ class Runtime:
         reply = await self._host.deliver(msg, to, sender=sender, timeout=timeout, want_reply=True)
         assert reply is not None
         left = max(0.0, timeout - (time.monotonic() - start))
-        return await wait_reply(reply, recipient=to, timeout=left, total=timeout)
+        return await self._host.wait_reply(reply, recipient=to, timeout=left, total=timeout)
 
     def state_of(self, agent: str) -> AgentState:
         return self._host.state(agent)

@@ -122,13 +122,38 @@ async def test_handler_errors_reach_the_requester_and_the_agent_carries_on():
         assert await rt.request(a.id, Task(text="good"), timeout=2) == "ok"
 
 
-async def test_request_timeout():
+async def test_request_timeout_and_the_late_reply_is_dropped_and_counted():
     async with symbi.Runtime(config()) as rt:
         a = await rt.spawn(Echo, name="echo")
         with pytest.raises(RequestTimeout) as ei:
-            await rt.request(a.id, Sleep(seconds=1.0), timeout=0.05)
+            await rt.request(a.id, Sleep(seconds=0.2), timeout=0.05)
         assert ei.value.timeout == 0.05
         assert ei.value.recipient == a.id
+        # Requests with other deadlines are not disturbed by the expired one.
+        assert await rt.request(a.id, Task(text="next"), timeout=2) == Task(text="NEXT")
+        st = rt.status()
+        assert st.request_timeouts == 1
+        assert st.late_replies == 1
+
+
+async def test_many_concurrent_requests_with_mixed_deadlines():
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(Echo, name="echo")
+        outcomes: list[str] = []
+
+        async def ask(seconds: float, timeout: float) -> None:
+            try:
+                await rt.request(a.id, Sleep(seconds=seconds), timeout=timeout)
+                outcomes.append("ok")
+            except RequestTimeout:
+                outcomes.append("timeout")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, 0.0, 5.0)
+            tg.start_soon(ask, 0.0, 5.0)
+            tg.start_soon(ask, 0.5, 0.1)  # this one times out; the others queue behind it
+            tg.start_soon(ask, 0.0, 5.0)
+        assert sorted(outcomes) == ["ok", "ok", "ok", "timeout"]
 
 
 async def test_execution_timeout_cancels_the_task_and_the_agent_returns_to_ready():
