@@ -5,7 +5,7 @@ The public API is what ``__all__`` lists; ``symbi._core`` (the Rust extension) i
 
 from __future__ import annotations
 
-from . import errors, sync
+from . import dsl, errors, sync
 from ._core import __version__
 from .agent import Agent, Context, handler
 from .components import Component, ComponentHealth, HealthStatus, Housekeeper
@@ -58,6 +58,7 @@ __all__ = [
     "SystemStatus",
     "VectorIndex",
     "__version__",
+    "dsl",
     "errors",
     "handler",
     "parse_size",

@@ -28,6 +28,7 @@ __all__ = [
     "build_info",
     "chain_hashes",
     "chain_link",
+    "dsl_parse",
     "parse_envelope",
     "verify_chain",
 ]
@@ -41,6 +42,10 @@ def chain_hashes(prev: bytes, first_seq: int, payloads: Sequence[bytes]) -> list
 def verify_chain(
     prev: bytes, first_seq: int, payloads: Sequence[bytes], hashes: Sequence[bytes]
 ) -> int | None: ...
+
+# ---- Symbiont DSL (rust/src/dsl/py.rs) ----
+
+def dsl_parse(text: str, source: str = "<string>", strict: bool = True) -> dict[str, Any]: ...
 
 # ---------------------------------------------------------------- policy engine
 

@@ -61,6 +61,10 @@ class Enforcer(Protocol):
 
     def enforce(self, request: PolicyRequest) -> Any: ...
 
+    def register(self, policy: Any) -> str: ...
+
+    def remove(self, policy_id: str) -> None: ...
+
 
 class SpawnError(SymbiError):
     """An agent failed while Initializing; it is left in the Failed state."""
@@ -79,6 +83,13 @@ class AgentHandle(msgspec.Struct, frozen=True, kw_only=True):
     priority: Priority
     limits: ResourceLimits
     capabilities: tuple[str, ...] = ()
+    #: Ids of the policies registered for this agent (scoped to it; removed on terminate).
+    policy_ids: tuple[str, ...] = ()
+    #: Governance settings from the agent's definition (the sandbox tier is used when the
+    #: agent runs untrusted code).
+    sandbox: Optional[str] = None
+    security: Optional[str] = None
+    memory: Optional[str] = None
 
 
 class SystemStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -309,6 +320,10 @@ class AgentHost:
         capabilities: Iterable[str] = (),
         on_timeout: OnTimeout = "ready",
         start_timeout: float = 10.0,
+        policies: Iterable[Any] = (),
+        sandbox: Optional[str] = None,
+        security: Optional[str] = None,
+        memory: Optional[str] = None,
     ) -> AgentHandle:
         if self._tg is None:
             raise RuntimeStateError("spawn needs a running runtime: `async with symbi.Runtime()`")
@@ -373,8 +388,27 @@ class AgentHost:
                         context=requested,
                     )
                 )
+        for label, v in (("sandbox", sandbox), ("security", security), ("memory", memory)):
+            if v is not None and not (isinstance(v, str) and v):
+                raise InvalidArgument(
+                    f"{label} must be a non-empty string or None",
+                    argument=label,
+                    expected="str | None",
+                    got=v,
+                )
         agent_id = f"{name}-{uuid.uuid4().hex[:12]}"
-        handle = AgentHandle(id=agent_id, name=name, priority=prio, limits=lim, capabilities=caps)
+        policy_ids = self._register_agent_policies(policies, name, agent_id)
+        handle = AgentHandle(
+            id=agent_id,
+            name=name,
+            priority=prio,
+            limits=lim,
+            capabilities=caps,
+            policy_ids=policy_ids,
+            sandbox=sandbox,
+            security=security,
+            memory=memory,
+        )
         instance.id, instance.name = agent_id, name
         rec = _Record(handle, instance, on_timeout)
         self.lifecycle.register(agent_id)
@@ -403,6 +437,38 @@ class AgentHost:
             ) from e
         self.lifecycle.transition(agent_id, AgentState.READY, "initialised")
         return handle
+
+    def _register_agent_policies(
+        self, policies: Iterable[Any], name: str, agent_id: str
+    ) -> tuple[str, ...]:
+        """Register an agent's own policies, scoped to it (by name and id) unless they
+        name their principals themselves. All or nothing."""
+        from .policy import Policy
+        from .policy.engine import to_policy
+
+        items = list(policies)
+        if not items:
+            return ()
+        if self._policy is None:
+            raise InvalidArgument(
+                "this agent brings policies but the runtime has no policy engine",
+                argument="policies",
+                expected="no policies",
+            )
+        ids: list[str] = []
+        try:
+            for item in items:
+                pol = to_policy(item, "policies")
+                if pol.principals is None:
+                    d = pol.to_dict()
+                    d["principals"] = [name, agent_id]
+                    pol = Policy.from_dict(d)
+                ids.append(self._policy.register(pol))
+        except BaseException:
+            for pid in ids:
+                self._policy.remove(pid)
+            raise
+        return tuple(ids)
 
     @staticmethod
     def _instantiate(agent: AgentFactory) -> Agent:
@@ -771,6 +837,10 @@ class AgentHost:
             rec.space.set()
         self._by_name.pop(rec.name, None)
         del self._agents[rec.id]
+        if self._policy is not None:
+            for pid in rec.handle.policy_ids:
+                with suppress(SymbiError):  # already removed by the application
+                    self._policy.remove(pid)
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
                 await rec.agent.on_stop()

@@ -11,6 +11,7 @@ use pyo3::BoundObject;
 
 use crate::audit::AuditError;
 use crate::crypto::CryptoError;
+use crate::dsl::DslError;
 use crate::policy::PolicyError;
 use crate::scheduler::SchedulerError;
 use crate::vector::VectorError;
@@ -146,6 +147,28 @@ impl From<PolicyError> for PyErr {
                     ("argument", obj("id")),
                     ("expected", obj("a registered policy id")),
                     ("got", obj(id)),
+                ],
+            ),
+        }
+    }
+}
+
+impl From<DslError> for PyErr {
+    fn from(e: DslError) -> PyErr {
+        let msg = e.to_string();
+        match e {
+            DslError::Parse {
+                origin,
+                line,
+                column,
+                ..
+            } => symbi_error(
+                "ParseError",
+                msg,
+                &[
+                    ("source", obj(origin)),
+                    ("line", obj(line)),
+                    ("column", obj(column)),
                 ],
             ),
         }

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod crypto;
+pub mod dsl;
 pub mod errors;
 pub mod policy;
 pub mod scheduler;
@@ -28,6 +29,8 @@ mod _core {
     use crate::audit::py::{chain_hashes, chain_link, verify_chain};
     #[pymodule_export]
     use crate::crypto::py::{parse_envelope, BusKeyRing};
+    #[pymodule_export]
+    use crate::dsl::py::dsl_parse;
     #[pymodule_export]
     use crate::policy::py::{
         Allow, AllowWithConditions, Condition, Deny, Policy, PolicyEngineCore,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 
@@ -16,6 +18,7 @@ from symbi.errors import (
 from symbi.lifecycle import AgentState
 
 pytestmark = pytest.mark.anyio
+EXAMPLE_AGENTS = Path(__file__).resolve().parents[2] / "examples" / "agents"
 
 
 class Task(symbi.Message):
@@ -387,3 +390,27 @@ async def test_status_counts_agents_by_state():
         st = rt.status()
         assert st.agents["ready"] == 5
         assert st.scheduler.decisions >= 0
+
+
+async def test_spawn_from_a_dsl_definition_scopes_its_policies_to_the_agent():
+    import symbi.dsl
+
+    definition = symbi.dsl.parse_file(EXAMPLE_AGENTS / "log_auditor.symbi").agent("log_auditor")
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(Echo, **definition.spec())
+        assert a.sandbox == "Tier2" and a.security == "high" and a.memory == "persistent"
+        assert a.limits.memory_mb == 1024 and a.limits.execution_timeout == 300
+        assert set(a.capabilities) == {"read_logs", "write_report"}
+        (pid,) = a.policy_ids
+        assert rt.policy.get(pid).principals == ["log_auditor", a.id]
+
+        def decide(principal: str) -> symbi.Decision:
+            return rt.policy.evaluate(
+                symbi.PolicyRequest(principal=principal, action="write_report", resource="r")
+            )
+
+        assert decide(a.id).allowed
+        assert not decide("someone-else").allowed  # scoped: it does not allow others
+        await rt.terminate(a.id)
+        assert pid not in rt.policy.ids()
+        assert not decide(a.id).allowed

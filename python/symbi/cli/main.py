@@ -95,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
 
     from . import audit as audit_cli
+    from . import dsl as dsl_cli
 
     audit_cli.add_parser(sub)
+    dsl_cli.add_parser(sub)
 
     pc = sub.add_parser("policy", help="policy tools")
     psub = pc.add_subparsers(dest="policy_command", metavar="ACTION")
