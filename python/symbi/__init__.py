@@ -5,11 +5,13 @@ The public API is what ``__all__`` lists; ``symbi._core`` (the Rust extension) i
 
 from __future__ import annotations
 
-from . import dsl, errors, sync
+from . import context, dsl, embed, errors, rag, sync
 from ._core import __version__
 from .agent import Agent, Context, handler
 from .components import Component, ComponentHealth, HealthStatus, Housekeeper
 from .config import Config, ContextConfig, McpConfig, RuntimeConfig, SecurityConfig, parse_size
+from .context import ContextId, ContextItem, ContextManager, KnowledgeItem
+from .embed import Embedder, HashingEmbedder, HttpEmbedder, MiniLMEmbedder
 from .errors import SymbiError
 from .host import AgentHandle, SpawnError, SystemStatus
 from .lifecycle import AgentState
@@ -23,10 +25,11 @@ from .policy import (
     PolicyEngine,
     PolicyRequest,
 )
+from .rag import Answer, Document, DocumentStore, RagPipeline
 from .resources import ResourceLimits
 from .runtime import Runtime
 from .scheduler import Priority
-from .vector import VectorIndex
+from .vector import EmbeddedVectorStore, QdrantVectorStore, VectorIndex, VectorStore
 
 __all__ = [
     "Agent",
@@ -34,21 +37,35 @@ __all__ = [
     "AgentState",
     "Allow",
     "AllowWithConditions",
+    "Answer",
     "Component",
     "ComponentHealth",
     "Config",
     "Context",
     "ContextConfig",
+    "ContextId",
+    "ContextItem",
+    "ContextManager",
     "Decision",
     "Deny",
+    "Document",
+    "DocumentStore",
+    "EmbeddedVectorStore",
+    "Embedder",
+    "HashingEmbedder",
     "HealthStatus",
     "Housekeeper",
+    "HttpEmbedder",
+    "KnowledgeItem",
     "McpConfig",
     "Message",
+    "MiniLMEmbedder",
     "Policy",
     "PolicyEngine",
     "PolicyRequest",
     "Priority",
+    "QdrantVectorStore",
+    "RagPipeline",
     "ResourceLimits",
     "Runtime",
     "RuntimeConfig",
@@ -57,10 +74,14 @@ __all__ = [
     "SymbiError",
     "SystemStatus",
     "VectorIndex",
+    "VectorStore",
     "__version__",
+    "context",
     "dsl",
+    "embed",
     "errors",
     "handler",
     "parse_size",
+    "rag",
     "sync",
 ]

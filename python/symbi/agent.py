@@ -101,6 +101,11 @@ class Context:
     async def request(self, to: str, msg: Message, *, timeout: float = 5.0) -> Any:
         return await self._runtime.request(to, msg, timeout=timeout, sender=self.agent_id)
 
+    @property
+    def memory(self) -> Any:
+        """This agent's memory (short-term, working, long-term, shared knowledge)."""
+        return self._runtime.context.for_agent(self.agent_id)
+
     async def disk_io(self, nbytes: int, *, timeout: Optional[float] = None) -> None:
         """Account (and throttle to ``disk_io_mbps``) disk I/O the agent is about to do."""
         await self._account.disk_io(nbytes, timeout=timeout)

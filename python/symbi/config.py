@@ -137,6 +137,9 @@ class ContextConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=T
     #: A size such as ``"1GB"``; see :func:`parse_size`.
     context_cache_size: Union[int, str] = "1GB"
     knowledge_retention_days: Annotated[int, Meta(ge=0, le=36_500)] = 365
+    #: Directory for long-term and shared memory (SQLite + index files); unset keeps
+    #: agent memory in this process only.
+    storage_path: Optional[str] = None
 
     def __post_init__(self) -> None:
         try:

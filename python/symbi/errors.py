@@ -14,13 +14,16 @@ __all__ = [
     "AuditStorageError",
     "ComponentError",
     "ConfigError",
+    "ContextStoreError",
     "DecryptError",
     "DeliveryError",
     "IllegalTransition",
     "InvalidArgument",
+    "ModelError",
     "ParseError",
     "PolicyDenied",
     "RateLimited",
+    "RemoteError",
     "ReplayError",
     "RequestTimeout",
     "ResourceLimitExceeded",
@@ -165,6 +168,22 @@ class DeliveryError(SymbiError):
         self.reason = reason
 
 
+class RemoteError(SymbiError):
+    """The handler of a request raised in another runtime (over the bus). ``error_type``
+    is the qualified name of its exception class, ``recipient`` the agent that raised."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_type: Optional[str] = None,
+        recipient: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.recipient = recipient
+
+
 class RequestTimeout(SymbiError, TimeoutError):
     """No reply arrived within ``timeout`` seconds."""
 
@@ -285,3 +304,35 @@ class VectorIndexError(SymbiError, ValueError):
         self.expected = expected
         self.got = got
         self.path = path
+
+
+class ModelError(SymbiError):
+    """An embedding model or language model could not answer: it is not installed, or
+    its service failed. ``model`` names the backend (``minilm``, ``http``, ``chat``...);
+    ``url`` and ``status`` describe a failed HTTP call."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: Optional[str] = None,
+        url: Optional[str] = None,
+        status: Optional[int] = None,
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.url = url
+        self.status = status
+
+
+class ContextStoreError(SymbiError):
+    """Agent memory could not be read or written: its SQLite file, its index files or its
+    vector database (``backend``: ``embedded`` or ``qdrant``) failed. ``path`` names the
+    file or URL."""
+
+    def __init__(
+        self, message: str, *, path: Optional[str] = None, backend: Optional[str] = None
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.backend = backend

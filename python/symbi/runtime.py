@@ -23,6 +23,7 @@ from . import _core
 from .audit import AuditLog
 from .components import Component, ComponentHealth, HealthStatus, Housekeeper
 from .config import Config
+from .context import ContextManager
 from .errors import ComponentError, InvalidArgument, RuntimeStateError
 from .host import AgentFactory, AgentHandle, AgentHost, SystemStatus, default_slots
 from .lifecycle import AgentState, LifecycleController
@@ -105,7 +106,20 @@ class Runtime:
         self._host._runtime_api = self
         if config.security.baseline_policy:
             self.policy.register(BASELINE_POLICY)
-        self._components: list[Component] = [self.housekeeper, self.policy, self._host]
+        #: Agent memory and shared knowledge; every shared read/write is policy-checked.
+        self.context = ContextManager.from_config(
+            config,
+            policy=self.policy,
+            audit=self.audit,
+            path=config.context.storage_path,
+            housekeeper=self.housekeeper,
+        )
+        self._components: list[Component] = [
+            self.housekeeper,
+            self.policy,
+            self.context,
+            self._host,
+        ]
         if self.audit is not None:  # first, so it starts first and stops (flushes) last
             self._components.insert(0, self.audit)
         for c in components:

@@ -53,6 +53,8 @@ def test_demo_runs_the_main_job(tmp_path):
     out = p.stdout
     assert "3 agents ran 12 tasks" in out
     assert "denied network_access to exfil.example.com" in out
+    assert "critical-worker recalls: 'finished job-" in out
+    assert "cited: audit-trail" in out
     assert "health        ok" in out
     assert f"verified from {audit}" in out
     # The trail it wrote verifies on its own, queries, and reports.

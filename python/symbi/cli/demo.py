@@ -15,6 +15,7 @@ import anyio
 import msgspec
 
 import symbi
+import symbi.rag
 from symbi.audit import verify_dir
 from symbi.errors import PolicyDenied
 
@@ -53,6 +54,8 @@ class Worker(symbi.Agent):
     @symbi.handler
     async def on_task(self, msg: Task, ctx: symbi.Context) -> Done:
         await anyio.sleep(0.001 * msg.size)  # stands in for real work
+        # Each worker remembers what it did, in its own vector-indexed memory.
+        await ctx.memory.store(f"finished {msg.job} of size {msg.size}", timeout=5)
         return Done(job=msg.job, worker=self.name, result=msg.size * msg.size)
 
 
@@ -119,6 +122,20 @@ async def _demo(config: symbi.Config) -> int:
             )
         )
         _line("", f"allowed network_access to api.partner.example with {type(ok).__name__}")
+
+        # Agent memory: what the critical worker remembers about a job.
+        hits = await rt.context.for_agent(agents[0].id).search("job-3", k=1, timeout=5)
+        _line("memory", f"{agents[0].name} recalls: {hits[0].content!r}" if hits else "no memory")
+
+        # RAG over the documents shipped with symbi: five stages, extractive answer.
+        question = "How does symbi detect tampering with the audit trail?"
+        pipeline = await anyio.to_thread.run_sync(symbi.rag.example_pipeline)
+        answer = await pipeline.answer(question, timeout=30)
+        cited = ", ".join(sorted({c.doc_id for c in answer.citations[:3]}))
+        _line("rag", f"Q: {question}")
+        first = answer.text.strip().splitlines()[0] if answer.text.strip() else ""
+        _line("", f"A: {first[:160]}{'...' if len(first) > 160 else ''}")
+        _line("", f"cited: {cited}")
 
         health = rt.health()
         _line("health", health.status)

@@ -13,5 +13,15 @@
 from __future__ import annotations
 
 from .index import NO_ID, VectorIndex, VectorIndexStats, VectorRecord
+from .qdrant import QdrantVectorStore
+from .store import EmbeddedVectorStore, VectorStore
 
-__all__ = ["NO_ID", "VectorIndex", "VectorIndexStats", "VectorRecord"]
+__all__ = [
+    "NO_ID",
+    "EmbeddedVectorStore",
+    "QdrantVectorStore",
+    "VectorIndex",
+    "VectorIndexStats",
+    "VectorRecord",
+    "VectorStore",
+]

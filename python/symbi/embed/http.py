@@ -1,0 +1,169 @@
+"""``HttpEmbedder``: any OpenAI-compatible ``POST /v1/embeddings`` service.
+
+Requests are made with the standard library (``urllib``), so no HTTP client dependency is
+needed; use :func:`symbi.embed.embed_async` to call it from async code in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from ..errors import InvalidArgument, ModelError
+from .base import Vectors, check_texts, normalize_rows
+
+__all__ = ["HttpEmbedder"]
+
+
+def _endpoint(url: str) -> str:
+    url = url.rstrip("/")
+    if url.endswith("/embeddings"):
+        return url
+    return url + "/embeddings"
+
+
+class HttpEmbedder:
+    """Embeddings from an OpenAI-compatible server.
+
+    ``url`` is the API base (``http://host:8000/v1``) or the full ``.../v1/embeddings``
+    endpoint; ``api_key`` is sent as ``Authorization: Bearer``; ``model`` is passed
+    through. ``dim`` may be given; otherwise it is learned from the first answer (asking
+    the server once with a probe text if ``dim`` is read first). Texts are sent in
+    batches of ``batch_size``; each request takes at most ``timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str,
+        api_key: Optional[str] = None,
+        dim: Optional[int] = None,
+        timeout: float = 30.0,
+        batch_size: int = 256,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise InvalidArgument(
+                f"url must be an http(s) URL such as http://localhost:8000/v1, got {url!r}",
+                argument="url",
+                expected="http(s) URL",
+                got=url,
+            )
+        if not isinstance(model, str) or not model:
+            raise InvalidArgument(
+                "model must be a non-empty str", argument="model", expected="str", got=model
+            )
+        if api_key is not None and not isinstance(api_key, str):
+            raise InvalidArgument(
+                "api_key must be a str or None", argument="api_key", expected="str", got=None
+            )
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise InvalidArgument(
+                "dim must be a positive int or None", argument="dim", expected="int", got=dim
+            )
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InvalidArgument(
+                "timeout must be > 0 seconds", argument="timeout", expected="> 0", got=timeout
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidArgument(
+                "batch_size must be a positive int",
+                argument="batch_size",
+                expected="int >= 1",
+                got=batch_size,
+            )
+        self.url = _endpoint(url)
+        self.model = model
+        self._key = api_key
+        self._dim = dim
+        self.timeout = float(timeout)
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"HttpEmbedder(url={self.url!r}, model={self.model!r}, dim={self._dim})"
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self.embed(["dimension probe"])
+        assert self._dim is not None
+        return self._dim
+
+    def _post(self, texts: list[str]) -> Any:
+        body = json.dumps({"input": texts, "model": self.model}).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            detail = e.read(500).decode("utf-8", "replace")
+            hint = " (check api_key)" if e.code in (401, 403) else ""
+            raise ModelError(
+                f"embedding service {self.url} answered HTTP {e.code}{hint}: {detail}",
+                model="http",
+                url=self.url,
+                status=e.code,
+            ) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ModelError(
+                f"cannot reach embedding service {self.url}: {e}; check the URL and that "
+                "the server is up",
+                model="http",
+                url=self.url,
+            ) from None
+        except ValueError as e:
+            raise ModelError(
+                f"embedding service {self.url} sent invalid JSON: {e}",
+                model="http",
+                url=self.url,
+            ) from None
+
+    def _parse(self, payload: Any, n: int) -> Vectors:
+        try:
+            data = sorted(payload["data"], key=lambda d: int(d.get("index", 0)))
+            mat = np.asarray([d["embedding"] for d in data], dtype=np.float32)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ModelError(
+                f"embedding service {self.url} answered without an OpenAI-style "
+                f"'data[].embedding' list ({e!r})",
+                model="http",
+                url=self.url,
+            ) from None
+        if mat.ndim != 2 or mat.shape[0] != n or not np.isfinite(mat).all():
+            raise ModelError(
+                f"embedding service {self.url} returned {mat.shape[0] if mat.ndim else 0} "
+                f"finite vectors for {n} texts",
+                model="http",
+                url=self.url,
+            )
+        with self._lock:
+            if self._dim is None:
+                self._dim = int(mat.shape[1])
+        if mat.shape[1] != self._dim:
+            raise ModelError(
+                f"embedding service {self.url} returned {mat.shape[1]}-d vectors, but "
+                f"dim was declared {self._dim}; check the model or dim",
+                model="http",
+                url=self.url,
+            )
+        return normalize_rows(mat)
+
+    def embed(self, texts: Union[str, Sequence[str]]) -> Vectors:
+        items = check_texts(texts)
+        if not items:
+            return np.zeros((0, self._dim or 0), dtype=np.float32)
+        parts = []
+        for i in range(0, len(items), self.batch_size):
+            chunk = items[i : i + self.batch_size]
+            parts.append(self._parse(self._post(chunk), len(chunk)))
+        return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
