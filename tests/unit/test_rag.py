@@ -175,8 +175,11 @@ def test_example_docs_ship_inside_the_package(tmp_path, monkeypatch: pytest.Monk
     d = example_docs_dir()
     assert d.parent == Path(symbi.rag.__file__).resolve().parent
     assert len(load_examples()) == len(list(d.glob("*.md")))
-    checkout = Path(__file__).resolve().parents[2] / "examples" / "docs"
-    assert checkout.resolve() == d  # examples/docs links to the packaged copy
+    root = Path(__file__).resolve().parents[2]
+    # examples/docs in the checkout links to the copy that is packaged.
+    packaged = (root / "python" / "symbi" / "rag" / "example_docs").resolve()
+    assert (root / "examples" / "docs").resolve() == packaged
+    assert sorted(p.name for p in packaged.glob("*.md")) == sorted(p.name for p in d.glob("*.md"))
 
 
 def test_llm_generators_sync_and_async(pipeline: RagPipeline):
