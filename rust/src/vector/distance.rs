@@ -20,6 +20,9 @@ pub struct Kernels {
     pub sq4_dot: Sq4DotKernel,
     pub sq4_l2: Sq4L2Kernel,
     pub name: &'static str,
+    /// Set when the AVX2+FMA kernels were selected: searches then use these statically
+    /// dispatched kernels instead of the function pointers.
+    pub avx2: Option<Avx2>,
 }
 
 impl Kernels {
@@ -30,23 +33,101 @@ impl Kernels {
             sq4_dot: sq4_dot_portable,
             sq4_l2: sq4_l2_portable,
             name: "portable",
+            avx2: None,
         }
     }
 
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if let Some(a) = Avx2::detect() {
                 return Kernels {
                     dot: avx2::dot,
                     l2: avx2::l2,
                     sq4_dot: avx2::sq4_dot,
                     sq4_l2: avx2::sq4_l2,
                     name: "avx2+fma",
+                    avx2: Some(a),
                 };
             }
         }
         Self::portable()
+    }
+}
+
+/// Statically dispatched kernels, so the hot search loops are monomorphised per kernel set
+/// and metric (a direct, predictable call instead of a function pointer per distance).
+pub trait Kern: Copy + Send + Sync {
+    fn dot(self, a: &[f32], b: &[f32]) -> f32;
+    fn l2(self, a: &[f32], b: &[f32]) -> f32;
+    /// Register-blocked raw scores (dot products, or squared L2 with `l2`) of 4 queries
+    /// against every row in `rows`: `out[j * rows.len() + r]` for query `j`, row `r`. Used
+    /// by the brute-force scans: each row chunk is loaded once for four queries. All slices
+    /// must have the same length; `out` at least `4 * rows.len()`.
+    fn scores_4xn(self, l2: bool, q: [&[f32]; 4], rows: &[&[f32]], out: &mut [f32]) {
+        let n = rows.len();
+        for (j, qv) in q.iter().enumerate() {
+            for (r, xv) in rows.iter().enumerate() {
+                out[j * n + r] = if l2 {
+                    self.l2(qv, xv)
+                } else {
+                    self.dot(qv, xv)
+                };
+            }
+        }
+    }
+}
+
+/// Portable kernels.
+#[derive(Clone, Copy)]
+pub struct Portable;
+impl Kern for Portable {
+    #[inline]
+    fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        dot_portable(a, b)
+    }
+    #[inline]
+    fn l2(self, a: &[f32], b: &[f32]) -> f32 {
+        l2_portable(a, b)
+    }
+}
+
+/// AVX2+FMA kernels. A value exists only after the CPU features were detected
+/// ([`Avx2::detect`]), which is what makes calling them safe.
+#[derive(Clone, Copy)]
+pub struct Avx2(());
+impl Avx2 {
+    pub fn detect() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Some(Avx2(()));
+            }
+        }
+        None
+    }
+}
+impl Kern for Avx2 {
+    #[inline]
+    fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        return avx2::dot(a, b);
+        #[cfg(not(target_arch = "x86_64"))]
+        return dot_portable(a, b);
+    }
+    #[inline]
+    fn l2(self, a: &[f32], b: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        return avx2::l2(a, b);
+        #[cfg(not(target_arch = "x86_64"))]
+        return l2_portable(a, b);
+    }
+    #[inline]
+    fn scores_4xn(self, l2: bool, q: [&[f32]; 4], rows: &[&[f32]], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        avx2::scores_4xn(l2, q, rows, out);
+        #[cfg(not(target_arch = "x86_64"))]
+        Portable.scores_4xn(l2, q, rows, out);
     }
 }
 
@@ -237,6 +318,83 @@ mod avx2 {
         hsum(_mm256_add_ps(acc0, acc1))
     }
 
+    /// 4 queries x all rows, two rows at a time: 8 independent accumulators keep both FMA
+    /// ports busy while each row chunk is loaded once for all four queries.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_4xn_impl<const L2: bool>(q: [&[f32]; 4], rows: &[&[f32]], out: &mut [f32]) {
+        let nr = rows.len();
+        assert!(out.len() >= 4 * nr);
+        let n = q
+            .iter()
+            .map(|v| v.len())
+            .chain(rows.iter().map(|v| v.len()))
+            .min()
+            .unwrap_or(0);
+        let qp = [q[0].as_ptr(), q[1].as_ptr(), q[2].as_ptr(), q[3].as_ptr()];
+        let mut r = 0;
+        while r < nr {
+            let r1 = (r + 1).min(nr - 1);
+            let (x0, x1) = (rows[r].as_ptr(), rows[r1].as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut i = 0;
+            while i + 8 <= n {
+                let a = _mm256_loadu_ps(x0.add(i));
+                let b = _mm256_loadu_ps(x1.add(i));
+                for j in 0..4 {
+                    let qv = _mm256_loadu_ps(qp[j].add(i));
+                    if L2 {
+                        let da = _mm256_sub_ps(qv, a);
+                        let db = _mm256_sub_ps(qv, b);
+                        acc[2 * j] = _mm256_fmadd_ps(da, da, acc[2 * j]);
+                        acc[2 * j + 1] = _mm256_fmadd_ps(db, db, acc[2 * j + 1]);
+                    } else {
+                        acc[2 * j] = _mm256_fmadd_ps(qv, a, acc[2 * j]);
+                        acc[2 * j + 1] = _mm256_fmadd_ps(qv, b, acc[2 * j + 1]);
+                    }
+                }
+                i += 8;
+            }
+            let mut s = [0.0f32; 8];
+            for (o, a) in s.iter_mut().zip(acc) {
+                *o = hsum(a);
+            }
+            while i < n {
+                for j in 0..4 {
+                    let qv = *qp[j].add(i);
+                    let (a, b) = (*x0.add(i), *x1.add(i));
+                    if L2 {
+                        s[2 * j] += (qv - a) * (qv - a);
+                        s[2 * j + 1] += (qv - b) * (qv - b);
+                    } else {
+                        s[2 * j] += qv * a;
+                        s[2 * j + 1] += qv * b;
+                    }
+                }
+                i += 1;
+            }
+            for j in 0..4 {
+                out[j * nr + r] = s[2 * j];
+                if r + 1 < nr {
+                    out[j * nr + r + 1] = s[2 * j + 1];
+                }
+            }
+            r += 2;
+        }
+    }
+
+    pub fn scores_4xn(l2: bool, q: [&[f32]; 4], rows: &[&[f32]], out: &mut [f32]) {
+        // SAFETY: reached only through an `Avx2` value, which exists only after the
+        // avx2/fma detection; reads stay below the shortest slice length, writes are
+        // bounds-checked (`out` length asserted).
+        unsafe {
+            if l2 {
+                scores_4xn_impl::<true>(q, rows, out)
+            } else {
+                scores_4xn_impl::<false>(q, rows, out)
+            }
+        }
+    }
+
     // Safe entry points: only installed in `Kernels` after the CPU features were detected.
     pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: selected only when avx2 and fma are available (Kernels::detect).
@@ -304,6 +462,27 @@ mod tests {
             assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
             let (a, b) = ((k.sq4_l2)(&w, &st, &codes), (p.sq4_l2)(&w, &st, &codes));
             assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn block_kernel_matches_single() {
+        if let Some(k) = Avx2::detect() {
+            for n in [1usize, 8, 13, 384] {
+                let qs: Vec<Vec<f32>> = (0..4).map(|s| data(n, 10 + s)).collect();
+                let xs: Vec<Vec<f32>> = (0..2).map(|s| data(n, 20 + s)).collect();
+                let q = [&qs[0][..], &qs[1][..], &qs[2][..], &qs[3][..]];
+                for l2 in [false, true] {
+                    for rows in [&[&xs[0][..]][..], &[&xs[0][..], &xs[1][..], &xs[0][..]][..]] {
+                        let (mut a, mut b) = (vec![0.0; 4 * rows.len()], vec![0.0; 4 * rows.len()]);
+                        k.scores_4xn(l2, q, rows, &mut a);
+                        Portable.scores_4xn(l2, q, rows, &mut b);
+                        for (x, y) in a.iter().zip(b) {
+                            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+                        }
+                    }
+                }
+            }
         }
     }
 

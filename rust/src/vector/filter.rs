@@ -215,6 +215,7 @@ impl Filter {
     }
 }
 
+#[inline]
 fn lookup(meta: Option<&Meta>, field: Option<u32>) -> Option<Value> {
     let (m, f) = (meta?, field?);
     m.binary_search_by_key(&f, |(k, _)| *k)
@@ -223,6 +224,7 @@ fn lookup(meta: Option<&Meta>, field: Option<u32>) -> Option<Value> {
 }
 
 /// Compare a stored value with an operand; `None` when they are not comparable.
+#[inline]
 fn compare(i: &Interner, v: Value, o: &COperand) -> Option<Ordering> {
     match (v, &o.lit) {
         (Value::Str(s), Lit::Str(t)) => match o.sym {
@@ -238,6 +240,7 @@ fn compare(i: &Interner, v: Value, o: &COperand) -> Option<Ordering> {
     }
 }
 
+#[inline]
 fn equals(i: &Interner, v: Value, o: &COperand) -> bool {
     match (v, &o.lit) {
         // Fast path: an interned string equals only its own symbol.

@@ -4,8 +4,9 @@
 //! - `Index.core` is a `RwLock<Core>`. Searches hold a read lock. A batch add takes the
 //!   write lock only to append the new vectors, metadata and (empty) nodes, then downgrades
 //!   to a read lock and links the new nodes on all cores, so queries keep running while the
-//!   graph grows. Links are guarded per node and layer (`RwLock<Vec<u32>>`, as hnswlib's
-//!   per-element locks), so concurrent inserters and readers always see a whole list.
+//!   graph grows. Links live in [`Graph`]: flat arrays with one sequence lock per node, so
+//!   concurrent inserters are serialized per node and readers (searches) copy a whole,
+//!   consistent list without taking any lock (the safety argument is in `graph.rs`).
 //! - `Index.writer` serializes mutations (add, delete, repair, save) with each other.
 //!
 //! Deletes are tombstones: a deleted node is never returned but still routes searches, so
@@ -33,8 +34,9 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use rayon::prelude::*;
 
-use super::distance::Kernels;
+use super::distance::{Kern, Kernels, Portable};
 use super::filter::{Compiled, Filter, Interner, Lit, Meta};
+use super::graph::{prefetch_ptr, Graph};
 use super::quant::{Sq4, Sq4Query};
 use super::{Metric, Result, VectorError};
 
@@ -53,6 +55,9 @@ pub const BRUTE_FORCE_MAX_ITEMS: usize = 2048;
 /// Items sampled to estimate a filter's selectivity.
 pub const SELECTIVITY_SAMPLE: usize = 1024;
 const MAX_LEVEL: usize = 16;
+/// Cache lines of a float32 row prefetched ahead of its distance computation (the
+/// hardware streamer picks up the rest of the row).
+const PREFETCH_LINES: usize = 4;
 
 #[derive(Clone, Debug)]
 pub struct Params {
@@ -92,13 +97,64 @@ impl Params {
     }
 }
 
+/// A growable float32 buffer whose start is 64-byte (cache-line) aligned, so rows of a
+/// dimension that is a multiple of 16 never straddle a cache line: one fewer line per
+/// row to fetch and no split AVX loads (a `Vec<f32>` is only 16-byte aligned).
+#[derive(Default)]
+pub struct AlignedF32 {
+    blocks: Vec<Line>,
+    len: usize,
+}
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([f32; 16]);
+
+impl AlignedF32 {
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    pub fn as_slice(&self) -> &[f32] {
+        // SAFETY: `Line` is `repr(C)` over `[f32; 16]` (size 64, no padding), so the blocks
+        // are `blocks.len() * 16` initialized, contiguous f32s, and `len` never exceeds that.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr() as *const f32, self.len) }
+    }
+
+    pub fn extend_from_slice(&mut self, data: &[f32]) {
+        let (old, new) = (self.len, self.len + data.len());
+        self.blocks.resize(new.div_ceil(16), Line([0.0; 16]));
+        // SAFETY: as in `as_slice`; `new <= blocks.len() * 16` after the resize, and the
+        // exclusive borrow of `self` makes this the only view.
+        let all =
+            unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr() as *mut f32, new) };
+        all[old..].copy_from_slice(data);
+        self.len = new;
+    }
+}
+
+impl FromIterator<f32> for AlignedF32 {
+    fn from_iter<I: IntoIterator<Item = f32>>(it: I) -> Self {
+        let v: Vec<f32> = it.into_iter().collect();
+        let mut a = AlignedF32::default();
+        a.extend_from_slice(&v);
+        a
+    }
+}
+
 /// Float32 vectors, row-major: an optional read-only mmap'd base (after `load`) followed by
 /// rows appended in memory.
 pub struct Vectors {
     pub dim: usize,
     pub base: Option<memmap2::Mmap>,
     pub base_rows: usize,
-    pub tail: Vec<f32>,
+    pub tail: AlignedF32,
 }
 
 impl Vectors {
@@ -107,7 +163,7 @@ impl Vectors {
             dim,
             base: None,
             base_rows: 0,
-            tail: Vec::new(),
+            tail: AlignedF32::default(),
         }
     }
 
@@ -124,29 +180,31 @@ impl Vectors {
             &all[i * d..(i + 1) * d]
         } else {
             let j = i - self.base_rows;
-            &self.tail[j * d..(j + 1) * d]
+            &self.tail.as_slice()[j * d..(j + 1) * d]
         }
     }
 
     pub fn rows(&self) -> usize {
         self.base_rows + self.tail.len() / self.dim
     }
-}
 
-/// One graph node: its top layer and one neighbour list per layer `0..=level`.
-pub struct Node {
-    pub level: u8,
-    pub links: Box<[RwLock<Vec<u32>>]>,
-}
-
-impl Node {
-    pub fn new(level: usize, m: usize) -> Self {
-        let links = (0..=level)
-            .map(|l| RwLock::new(Vec::with_capacity(if l == 0 { 2 * m } else { m })))
-            .collect();
-        Node {
-            level: level as u8,
-            links,
+    /// Hint the CPU to start loading row `i` (a no-op for out-of-range rows).
+    #[inline]
+    pub fn prefetch(&self, i: usize) {
+        let d = self.dim;
+        let p = if i < self.base_rows {
+            match &self.base {
+                Some(m) => m.as_ptr().wrapping_add(i * d * 4),
+                None => return,
+            }
+        } else {
+            match self.tail.as_slice().get((i - self.base_rows) * d) {
+                Some(x) => x as *const f32 as *const u8,
+                None => return,
+            }
+        };
+        for l in 0..PREFETCH_LINES.min(d.div_ceil(16)) {
+            prefetch_ptr(p.wrapping_add(l * 64));
         }
     }
 }
@@ -193,8 +251,115 @@ impl Visited {
     }
 }
 
+/// Per-thread search state, reused across queries so a search allocates nothing but its
+/// result: the visited marks (generation counter, never cleared), both heaps and the
+/// neighbour-list buffers.
+struct Scratch {
+    vis: Visited,
+    cand: BinaryHeap<Reverse<C>>,
+    res: BinaryHeap<C>,
+    links: Vec<u32>,
+    todo: Vec<u32>,
+}
+
 thread_local! {
-    static VISITED: RefCell<Visited> = const { RefCell::new(Visited { marks: Vec::new(), epoch: 0 }) };
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            vis: Visited { marks: Vec::new(), epoch: 0 },
+            cand: BinaryHeap::new(),
+            res: BinaryHeap::new(),
+            links: Vec::new(),
+            todo: Vec::new(),
+        })
+    };
+}
+
+/// How a search scores nodes. Implemented for exact float32 distances (per kernel set and
+/// metric, so the hot loop is monomorphised) and for SQ4 codes.
+trait Space {
+    fn dist(&self, n: u32) -> f32;
+    /// Start loading what `dist(n)` will read.
+    fn prefetch(&self, n: u32);
+}
+
+struct ExactSpace<'a, K: Kern, const L2: bool> {
+    k: K,
+    vecs: &'a Vectors,
+    q: &'a [f32],
+}
+
+impl<K: Kern, const L2: bool> Space for ExactSpace<'_, K, L2> {
+    #[inline]
+    fn dist(&self, n: u32) -> f32 {
+        let v = self.vecs.row(n as usize);
+        if L2 {
+            self.k.l2(self.q, v)
+        } else {
+            1.0 - self.k.dot(self.q, v)
+        }
+    }
+    #[inline]
+    fn prefetch(&self, n: u32) {
+        self.vecs.prefetch(n as usize);
+    }
+}
+
+struct Sq4Space<'a> {
+    core: &'a Core,
+    sq: &'a Sq4,
+    sqq: Sq4Query,
+}
+
+impl Space for Sq4Space<'_> {
+    #[inline]
+    fn dist(&self, n: u32) -> f32 {
+        self.sqq.distance(&self.core.k, self.sq, self.core.code(n))
+    }
+    #[inline]
+    fn prefetch(&self, n: u32) {
+        let b = self.core.code_bytes;
+        if let Some(c) = self.core.codes.get(n as usize * b) {
+            let p = c as *const u8;
+            for l in 0..b.div_ceil(64) {
+                prefetch_ptr(p.wrapping_add(l * 64));
+            }
+        }
+    }
+}
+
+/// Run `$body` with `$sp` bound to the exact-distance [`Space`] for query `$q`, picking
+/// the kernel set and metric once (the body is monomorphised for each).
+macro_rules! with_exact_space {
+    ($core:expr, $q:expr, |$sp:ident| $body:expr) => {{
+        let core: &Core = $core;
+        let (vecs, q) = (&core.vecs, $q);
+        match (core.k.avx2, core.p.metric == Metric::L2) {
+            (Some(k), false) => {
+                let $sp = ExactSpace::<_, false> { k, vecs, q };
+                $body
+            }
+            (Some(k), true) => {
+                let $sp = ExactSpace::<_, true> { k, vecs, q };
+                $body
+            }
+            (None, false) => {
+                let $sp = ExactSpace::<_, false> {
+                    k: Portable,
+                    vecs,
+                    q,
+                };
+                $body
+            }
+            (None, true) => {
+                let $sp = ExactSpace::<_, true> {
+                    k: Portable,
+                    vecs,
+                    q,
+                };
+                $body
+            }
+        }
+    }};
 }
 
 /// Everything behind the index lock.
@@ -207,7 +372,8 @@ pub struct Core {
     pub code_bytes: usize,
     /// Item count when the SQ4 bounds were last fitted.
     pub fitted_at: usize,
-    pub nodes: Vec<Node>,
+    /// Neighbour lists (one node per slot).
+    pub graph: Graph,
     pub ids: Vec<u64>,
     pub slot_of: HashMap<u64, u32>,
     pub deleted: Vec<bool>,
@@ -220,6 +386,18 @@ pub struct Core {
     pub entry: RwLock<(u32, u8)>,
     pub rng: u64,
     pub mmap_path: Option<String>,
+    /// Bumped by every change to the items, tombstones or metadata (`stage`, `delete`),
+    /// all of which need `&mut Core`, i.e. the index write lock.
+    pub generation: u64,
+    /// The last selective filter's matching slots (see `matches_for`).
+    match_cache: Mutex<Option<MatchCache>>,
+}
+
+/// A filter's exact-plan decision and matching slots, valid for one `Core::generation`.
+struct MatchCache {
+    filter: Filter,
+    generation: u64,
+    list: Option<Arc<Vec<u32>>>,
 }
 
 impl Core {
@@ -232,7 +410,7 @@ impl Core {
             codes: Vec::new(),
             code_bytes: Sq4::code_bytes(p.dim),
             fitted_at: 0,
-            nodes: Vec::new(),
+            graph: Graph::new(p.m),
             ids: Vec::new(),
             slot_of: HashMap::new(),
             deleted: Vec::new(),
@@ -243,12 +421,14 @@ impl Core {
             entry: RwLock::new((NONE, 0)),
             rng: p.seed ^ 0x9E37_79B9_7F4A_7C15,
             mmap_path: None,
+            generation: 0,
+            match_cache: Mutex::new(None),
             p,
         })
     }
 
     pub fn live(&self) -> usize {
-        self.nodes.len() - self.n_deleted
+        self.graph.len() - self.n_deleted
     }
 
     #[inline]
@@ -329,7 +509,7 @@ impl Core {
                 return Err(VectorError::DuplicateId { id });
             }
         }
-        if self.nodes.len() + ids.len() >= NONE as usize {
+        if self.graph.len() + ids.len() >= NONE as usize {
             return Err(VectorError::arg(
                 "ids",
                 "the index is full (2**32-1 slots); save and load it to compact deleted items",
@@ -343,29 +523,31 @@ impl Core {
                 }
             }
         }
-        let start = self.nodes.len();
+        let start = self.graph.len();
         self.vecs.tail.extend_from_slice(data);
+        self.graph.reserve(ids.len());
         let mut metas = metas.into_iter();
         for &id in ids {
             let level = self.random_level();
-            let slot = self.nodes.len() as u32;
-            self.nodes.push(Node::new(level, self.p.m));
+            let slot = self.graph.len() as u32;
+            self.graph.push(level);
             self.ids.push(id);
             self.slot_of.insert(id, slot);
             self.deleted.push(false);
+            self.generation += 1;
             let m = metas.next().flatten().map(|m| self.interner.make_meta(&m));
             self.meta.push(m);
         }
         if self.p.sq4 {
             self.update_codes(start);
         }
-        Ok(start..self.nodes.len())
+        Ok(start..self.graph.len())
     }
 
     /// Encode the rows from `start`; refit the bounds (re-encoding everything) when the
     /// index has doubled since the last fit.
     fn update_codes(&mut self, start: usize) {
-        let n = self.nodes.len();
+        let n = self.graph.len();
         let cb = self.code_bytes;
         let refit = self.sq.is_none() || n >= 2 * self.fitted_at.max(1);
         if refit {
@@ -386,16 +568,29 @@ impl Core {
             .for_each(|(i, c)| sq.encode(vecs.row(from + i), c));
     }
 
-    fn search_layer<D, A>(&self, dist: &D, eps: &[C], ef: usize, layer: usize, accept: &A) -> Vec<C>
+    /// Best-first search of one layer from `eps`: the `ef` nearest accepted nodes,
+    /// ascending. Neighbour lists are read lock-free (seqlock snapshots, see `graph.rs`);
+    /// unvisited neighbours' vectors are prefetched as a batch before any distance is
+    /// computed, and the link block of each new candidate as it is queued.
+    fn search_layer<S, A>(&self, sp: &S, eps: &[C], ef: usize, layer: usize, accept: &A) -> Vec<C>
     where
-        D: Fn(u32) -> f32,
+        S: Space,
         A: Fn(u32) -> bool,
     {
-        VISITED.with(|v| {
-            let mut vis = v.borrow_mut();
-            vis.reset(self.nodes.len());
-            let mut cand: BinaryHeap<Reverse<C>> = BinaryHeap::with_capacity(ef * 4);
-            let mut res: BinaryHeap<C> = BinaryHeap::with_capacity(ef + 1);
+        SCRATCH.with(|cell| {
+            let mut guard = cell.borrow_mut();
+            let Scratch {
+                vis,
+                cand,
+                res,
+                links,
+                todo,
+            } = &mut *guard;
+            let g = &self.graph;
+            vis.reset(g.len());
+            links.resize(g.max_links(), 0);
+            cand.clear();
+            res.clear();
             for &c in eps {
                 if vis.insert(c.1) {
                     cand.push(Reverse(c));
@@ -416,18 +611,19 @@ impl Core {
                 if c.0 > bound {
                     break;
                 }
-                let node = &self.nodes[c.1 as usize];
-                if layer >= node.links.len() {
-                    continue;
-                }
-                let links = node.links[layer].read();
-                for &n in links.iter() {
-                    if !vis.insert(n) {
-                        continue;
+                let cnt = g.read(c.1, layer, links);
+                todo.clear();
+                for &n in &links[..cnt] {
+                    if vis.insert(n) {
+                        sp.prefetch(n);
+                        todo.push(n);
                     }
-                    let d = dist(n);
+                }
+                for &n in todo.iter() {
+                    let d = sp.dist(n);
                     if d < bound {
                         cand.push(Reverse(C(d, n)));
+                        g.prefetch(n);
                         if accept(n) {
                             res.push(C(d, n));
                             if res.len() > ef {
@@ -440,24 +636,27 @@ impl Core {
                     }
                 }
             }
-            res.into_sorted_vec()
+            let mut out: Vec<C> = res.drain().collect();
+            out.sort_unstable();
+            out
         })
     }
 
     /// Greedy descent from `cur` through layers `top` down to `stop + 1`.
-    fn greedy<D: Fn(u32) -> f32>(&self, dist: &D, mut cur: C, top: usize, stop: usize) -> C {
+    fn greedy<S: Space>(&self, sp: &S, mut cur: C, top: usize, stop: usize) -> C {
+        let mut links = vec![0u32; self.graph.max_links()];
         for layer in (stop + 1..=top).rev() {
             loop {
                 let mut changed = false;
-                let node = &self.nodes[cur.1 as usize];
-                if layer < node.links.len() {
-                    let links = node.links[layer].read();
-                    for &n in links.iter() {
-                        let d = dist(n);
-                        if d < cur.0 {
-                            cur = C(d, n);
-                            changed = true;
-                        }
+                let cnt = self.graph.read(cur.1, layer, &mut links);
+                for &n in &links[..cnt] {
+                    sp.prefetch(n);
+                }
+                for &n in &links[..cnt] {
+                    let d = sp.dist(n);
+                    if d < cur.0 {
+                        cur = C(d, n);
+                        changed = true;
                     }
                 }
                 if !changed {
@@ -484,31 +683,34 @@ impl Core {
         out
     }
 
+    /// Add the back link `n -> s` on `layer`, pruning `n`'s list with the heuristic when
+    /// it is full (under `n`'s seqlock; readers keep reading the old list meanwhile).
     fn connect(&self, n: u32, s: u32, layer: usize, mmax: usize) {
-        let node = &self.nodes[n as usize];
-        if layer >= node.links.len() {
-            return;
-        }
-        let mut l = node.links[layer].write();
-        if l.contains(&s) {
-            return;
-        }
-        if l.len() < mmax {
-            l.push(s);
-            return;
-        }
-        let vn = self.vecs.row(n as usize);
-        let mut c: Vec<C> = l.iter().map(|&x| C(self.exact(vn, x), x)).collect();
-        c.push(C(self.exact(vn, s), s));
-        c.sort_unstable();
-        *l = self.select(&c, mmax);
+        self.graph.update(n, layer, |l| {
+            if l.contains(&s) {
+                return None;
+            }
+            let mut l = l.to_vec();
+            if l.len() < mmax {
+                l.push(s);
+                return Some(l);
+            }
+            let vn = self.vecs.row(n as usize);
+            let mut c: Vec<C> = l.iter().map(|&x| C(self.exact(vn, x), x)).collect();
+            c.push(C(self.exact(vn, s), s));
+            c.sort_unstable();
+            Some(self.select(&c, mmax))
+        });
     }
 
     /// Phase two of an add (read lock held, runs in parallel): link node `s` into the graph.
     pub fn insert(&self, s: u32) {
-        let lvl = self.nodes[s as usize].level as usize;
         let q = self.vecs.row(s as usize);
-        let dist = |n: u32| self.exact(q, n);
+        with_exact_space!(self, q, |sp| self.insert_with(s, &sp))
+    }
+
+    fn insert_with<S: Space>(&self, s: u32, sp: &S) {
+        let lvl = self.graph.level(s);
         let (ep, top) = {
             let mut e = self.entry.write();
             if e.0 == NONE {
@@ -517,17 +719,17 @@ impl Core {
             }
             (e.0, e.1 as usize)
         };
-        let mut cur = C(dist(ep), ep);
+        let mut cur = C(sp.dist(ep), ep);
         if top > lvl {
-            cur = self.greedy(&dist, cur, top, lvl);
+            cur = self.greedy(sp, cur, top, lvl);
         }
         let mut eps = vec![cur];
         let accept = |n: u32| n != s && !self.deleted[n as usize];
         for layer in (0..=lvl.min(top)).rev() {
-            let w = self.search_layer(&dist, &eps, self.p.ef_construction, layer, &accept);
+            let w = self.search_layer(sp, &eps, self.p.ef_construction, layer, &accept);
             let mmax = if layer == 0 { 2 * self.p.m } else { self.p.m };
             let sel = self.select(&w, self.p.m);
-            *self.nodes[s as usize].links[layer].write() = sel.clone();
+            self.graph.set(s, layer, &sel);
             for &n in &sel {
                 self.connect(n, s, layer, mmax);
             }
@@ -555,6 +757,7 @@ impl Core {
             if let Some(slot) = self.slot_of.remove(id) {
                 self.deleted[slot as usize] = true;
                 self.meta[slot as usize] = None;
+                self.generation += 1;
                 self.n_deleted += 1;
                 n += 1;
             }
@@ -575,23 +778,28 @@ impl Core {
             return 0;
         }
         let this: &Core = self;
-        (0..this.nodes.len())
+        (0..this.graph.len())
             .into_par_iter()
             .filter(|&i| !this.deleted[i])
             .for_each(|i| {
-                let node = &this.nodes[i];
-                for layer in 0..node.links.len() {
-                    let cur: Vec<u32> = node.links[layer].read().clone();
+                let g = &this.graph;
+                let mut buf = vec![0u32; g.max_links()];
+                let mut nbuf = vec![0u32; g.max_links()];
+                for layer in 0..=g.level(i as u32) {
+                    let cnt = g.read(i as u32, layer, &mut buf);
+                    let cur = &buf[..cnt];
                     if !cur.iter().any(|&x| this.deleted[x as usize]) {
                         continue;
                     }
                     let mut cs: Vec<u32> = Vec::with_capacity(cur.len() * 2);
-                    for &x in &cur {
+                    for &x in cur {
                         if !this.deleted[x as usize] {
                             cs.push(x);
-                        } else if layer < this.nodes[x as usize].links.len() {
-                            // Deleted nodes' lists are never written during repair.
-                            for &y in this.nodes[x as usize].links[layer].read().iter() {
+                        } else {
+                            // Deleted nodes' lists are never written during repair
+                            // (`read` returns nothing when `x` does not reach `layer`).
+                            let xn = g.read(x, layer, &mut nbuf);
+                            for &y in &nbuf[..xn] {
                                 if y as usize != i && !this.deleted[y as usize] {
                                     cs.push(y);
                                 }
@@ -604,23 +812,23 @@ impl Core {
                     let mut c: Vec<C> = cs.iter().map(|&y| C(this.exact(v, y), y)).collect();
                     c.sort_unstable();
                     let mmax = if layer == 0 { 2 * this.p.m } else { this.p.m };
-                    *node.links[layer].write() = this.select(&c, mmax);
+                    g.set(i as u32, layer, &this.select(&c, mmax));
                 }
             });
-        for i in 0..self.nodes.len() {
+        for i in 0..self.graph.len() {
             if self.deleted[i] {
-                for l in self.nodes[i].links.iter() {
-                    *l.write() = Vec::new();
+                for layer in 0..=self.graph.level(i as u32) {
+                    self.graph.set_mut(i as u32, layer, &[]);
                 }
             }
         }
         let (ep, _) = *self.entry.read();
         if ep != NONE && self.deleted[ep as usize] {
-            let best = (0..self.nodes.len())
+            let best = (0..self.graph.len())
                 .filter(|&i| !self.deleted[i])
-                .max_by_key(|&i| (self.nodes[i].level, Reverse(i)));
+                .max_by_key(|&i| (self.graph.level(i as u32), Reverse(i)));
             *self.entry.write() = match best {
-                Some(i) => (i as u32, self.nodes[i].level),
+                Some(i) => (i as u32, self.graph.level(i as u32) as u8),
                 None => (NONE, 0),
             };
         }
@@ -630,7 +838,7 @@ impl Core {
 
     fn brute<A: Fn(u32) -> bool>(&self, q: &[f32], k: usize, accept: &A) -> Vec<C> {
         let mut heap: BinaryHeap<C> = BinaryHeap::with_capacity(k + 1);
-        for i in 0..self.nodes.len() as u32 {
+        for i in 0..self.graph.len() as u32 {
             if !accept(i) {
                 continue;
             }
@@ -658,26 +866,30 @@ impl Core {
         }
         let ef = ef.max(k);
         if let Some(sq) = &self.sq {
-            let sqq = Sq4Query::new(sq, q, self.p.metric == Metric::L2);
-            let dist = |n: u32| sqq.distance(&self.k, sq, self.code(n));
-            let cur = self.greedy(&dist, C(dist(ep), ep), top as usize, 0);
-            let w = self.search_layer(&dist, &[cur], ef, 0, accept);
+            let sp = Sq4Space {
+                core: self,
+                sq,
+                sqq: Sq4Query::new(sq, q, self.p.metric == Metric::L2),
+            };
+            let cur = self.greedy(&sp, C(sp.dist(ep), ep), top as usize, 0);
+            let w = self.search_layer(&sp, &[cur], ef, 0, accept);
             // Full-precision rerank of every candidate from the float32 store.
             let mut r: Vec<C> = w.iter().map(|c| C(self.exact(q, c.1), c.1)).collect();
             r.sort_unstable();
             r.truncate(k);
             r
         } else {
-            let dist = |n: u32| self.exact(q, n);
-            let cur = self.greedy(&dist, C(dist(ep), ep), top as usize, 0);
-            let mut w = self.search_layer(&dist, &[cur], ef, 0, accept);
-            w.truncate(k);
-            w
+            with_exact_space!(self, q, |sp| {
+                let cur = self.greedy(&sp, C(sp.dist(ep), ep), top as usize, 0);
+                let mut w = self.search_layer(&sp, &[cur], ef, 0, accept);
+                w.truncate(k);
+                w
+            })
         }
     }
 
     fn filter_is_selective<A: Fn(u32) -> bool>(&self, accept: &A) -> bool {
-        let n = self.nodes.len();
+        let n = self.graph.len();
         if self.live() <= BRUTE_FORCE_MAX_ITEMS {
             return true;
         }
@@ -700,13 +912,32 @@ impl Core {
         };
         if self.filter_is_selective(&accept) {
             Some(
-                (0..self.nodes.len() as u32)
+                (0..self.graph.len() as u32)
                     .filter(|&i| accept(i))
                     .collect(),
             )
         } else {
             None
         }
+    }
+
+    /// `exact_matches`, remembered for the last filter until the items change: repeated
+    /// searches with the same selective filter skip the metadata scan. Sound because
+    /// every input of the answer (tombstones, metadata, interner) changes only through
+    /// `&mut Core`, which bumps `generation`, while callers hold the `Core` read lock.
+    pub fn matches_for(&self, filter: &Filter, f: &Compiled) -> Option<Arc<Vec<u32>>> {
+        if let Some(m) = &*self.match_cache.lock() {
+            if m.generation == self.generation && m.filter == *filter {
+                return m.list.clone();
+            }
+        }
+        let list = self.exact_matches(f).map(Arc::new);
+        *self.match_cache.lock() = Some(MatchCache {
+            filter: filter.clone(),
+            generation: self.generation,
+            list: list.clone(),
+        });
+        list
     }
 
     fn brute_list(&self, q: &[f32], k: usize, list: &[u32]) -> Vec<C> {
@@ -721,6 +952,87 @@ impl Core {
             }
         }
         heap.into_sorted_vec()
+    }
+
+    /// Exact k-NN of a batch of prepared queries (row-major) over the slots in `list` (a
+    /// selective filter's matches); each result is (distance, slot) ascending. Blocked like
+    /// a matrix product: rows are taken in cache-sized blocks and, within a block, queries
+    /// four at a time with the register-blocked 4x2 kernel, so every row chunk loaded from
+    /// memory is scored against four queries and every block is reused by all queries.
+    pub fn brute_batch(&self, queries: &[f32], k: usize, list: &[u32]) -> Vec<Vec<(f32, u32)>> {
+        match self.k.avx2 {
+            Some(kern) => self.brute_batch_with(kern, queries, k, list),
+            None => self.brute_batch_with(Portable, queries, k, list),
+        }
+    }
+
+    fn brute_batch_with<K: Kern>(
+        &self,
+        kern: K,
+        queries: &[f32],
+        k: usize,
+        list: &[u32],
+    ) -> Vec<Vec<(f32, u32)>> {
+        /// Rows per block: 96 rows of 384 floats are 144 KiB, well inside L2.
+        const ROW_BLOCK_BYTES: usize = 144 * 1024;
+        let d = self.p.dim;
+        let nq = queries.len() / d;
+        if nq == 0 || k == 0 {
+            return vec![Vec::new(); nq];
+        }
+        let l2 = self.p.metric == Metric::L2;
+        let rb = (ROW_BLOCK_BYTES / (d * 4)).clamp(2, 4096) & !1;
+        // Per query: candidates better than its current k-th best (`worst`); compacted to
+        // the best k with a linear-time selection whenever it grows past `cap` (cheaper
+        // than a heap update per accepted row).
+        let cap = (4 * k).max(64);
+        let mut tops: Vec<(Vec<C>, f32)> = (0..nq)
+            .map(|_| (Vec::with_capacity(cap + rb), f32::INFINITY))
+            .collect();
+        let compact = |v: &mut Vec<C>, worst: &mut f32| {
+            if v.len() > k {
+                v.select_nth_unstable(k - 1);
+                v.truncate(k);
+            }
+            if v.len() == k {
+                *worst = v.iter().map(|c| c.0).fold(f32::NEG_INFINITY, f32::max);
+            }
+        };
+        let q = |i: usize| {
+            let i = i.min(nq - 1);
+            &queries[i * d..(i + 1) * d]
+        };
+        let mut rows: Vec<&[f32]> = Vec::with_capacity(rb);
+        let mut scores = vec![0.0f32; 4 * rb];
+        for block in list.chunks(rb) {
+            rows.clear();
+            rows.extend(block.iter().map(|&s| self.vecs.row(s as usize)));
+            let nr = rows.len();
+            for qb in (0..nq).step_by(4) {
+                let qs = [q(qb), q(qb + 1), q(qb + 2), q(qb + 3)];
+                kern.scores_4xn(l2, qs, &rows, &mut scores);
+                let live_q = (nq - qb).min(4);
+                for (j, (top, worst)) in tops[qb..qb + live_q].iter_mut().enumerate() {
+                    for (&v, &slot) in scores[j * nr..(j + 1) * nr].iter().zip(block) {
+                        let dist = if l2 { v } else { 1.0 - v };
+                        // `<=` keeps ties, so the result matches a full sort exactly.
+                        if dist <= *worst {
+                            top.push(C(dist, slot));
+                        }
+                    }
+                    if top.len() > cap {
+                        compact(top, worst);
+                    }
+                }
+            }
+        }
+        tops.into_iter()
+            .map(|(mut top, mut worst)| {
+                compact(&mut top, &mut worst);
+                top.sort_unstable();
+                top.into_iter().map(|c| (c.0, c.1)).collect()
+            })
+            .collect()
     }
 
     /// Search one prepared query; returns (distance, slot) ascending.
@@ -922,17 +1234,33 @@ impl Index {
         let compiled = filter.map(|f| f.compile(&core.interner));
         let ef = ef.unwrap_or(core.p.ef_search);
         let c: &Core = &core;
-        let matches = compiled.as_ref().and_then(|f| c.exact_matches(f));
+        let matches = match (filter, &compiled) {
+            (Some(f), Some(cf)) => c.matches_for(f, cf),
+            _ => None,
+        };
         let plan = match &matches {
             Some(list) => Plan::Exact(list),
             None => Plan::Graph,
         };
         let run =
             |i: usize| c.search_one(&queries[i * d..(i + 1) * d], k, ef, compiled.as_ref(), plan);
-        let results: Vec<Vec<(f32, u32)>> = if nq <= 1 || threads == Some(1) {
-            (0..nq).map(run).collect()
-        } else {
-            with_threads(threads, || (0..nq).into_par_iter().map(run).collect())
+        let results: Vec<Vec<(f32, u32)>> = match &matches {
+            // A selective filter: one blocked exact scan over its matches for the batch.
+            Some(list) if c.live() > 0 => {
+                const CHUNK: usize = 32;
+                if nq <= CHUNK || threads == Some(1) {
+                    c.brute_batch(queries, k, list)
+                } else {
+                    with_threads(threads, || {
+                        queries
+                            .par_chunks(CHUNK * d)
+                            .flat_map_iter(|qs| c.brute_batch(qs, k, list))
+                            .collect()
+                    })
+                }
+            }
+            _ if nq <= 1 || threads == Some(1) => (0..nq).map(run).collect(),
+            _ => with_threads(threads, || (0..nq).into_par_iter().map(run).collect()),
         };
         let mut ids = vec![NO_ID; nq * k];
         let mut dists = vec![f32::INFINITY; nq * k];
@@ -1092,6 +1420,58 @@ pub(crate) mod tests {
         ));
         let r = recall(&idx, &data, &data[32 * 100..32 * 150], Metric::L2, 10);
         assert!(r >= 0.9, "recall after deletes {r}");
+    }
+
+    /// The cached match list of a selective filter follows deletes and inserts, and the
+    /// blocked batch scan agrees with per-query brute force.
+    #[test]
+    fn filter_cache_follows_updates_and_batch_is_exact() {
+        let dim = 24;
+        let n = 4000;
+        let data = clustered(n, dim, 10, 5);
+        let idx = Index::new(params(dim, Metric::L2, false)).unwrap();
+        let ids: Vec<u64> = (0..n as u64).collect();
+        let metas = (0..n)
+            .map(|i| Some(vec![("b".to_string(), Lit::Int((i % 100) as i64))]))
+            .collect();
+        idx.add(&ids, &data, metas, false, None).unwrap();
+        let f = Filter::Cmp {
+            field: "b".into(),
+            op: super::super::filter::Op::Eq,
+            value: Lit::Int(7),
+        };
+        let nq = 9;
+        let qs = &data[7 * dim..(7 + nq) * dim];
+        let hits = idx.search(qs, 5, None, Some(&f), Some(1)).unwrap();
+        {
+            let core = idx.core.read();
+            for qi in 0..nq {
+                let q = &qs[qi * dim..(qi + 1) * dim];
+                let mut all: Vec<(f32, u64)> = (7..n as u64)
+                    .step_by(100)
+                    .map(|i| (core.exact(q, i as u32), i))
+                    .collect();
+                all.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let want: Vec<u64> = all.iter().take(5).map(|x| x.1).collect();
+                assert_eq!(&hits.ids[qi * 5..(qi + 1) * 5], &want[..], "query {qi}");
+            }
+        }
+        assert_eq!(hits.ids[0], 7);
+        idx.delete(&[7], false).unwrap();
+        let hits = idx
+            .search(&data[7 * dim..8 * dim], 5, None, Some(&f), Some(1))
+            .unwrap();
+        assert!(
+            !hits.ids.contains(&7),
+            "deleted id served from a stale cache"
+        );
+        let meta = vec![Some(vec![("b".to_string(), Lit::Int(7))])];
+        idx.add(&[99_999], &data[7 * dim..8 * dim], meta, false, None)
+            .unwrap();
+        let hits = idx
+            .search(&data[7 * dim..8 * dim], 5, None, Some(&f), Some(1))
+            .unwrap();
+        assert_eq!(hits.ids[0], 99_999, "new match missing: stale cache");
     }
 
     #[test]

@@ -448,18 +448,8 @@ impl VectorIndexCore {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         let c = self.inner.core.read();
-        let nodes = c.nodes.len();
-        let graph: usize = c
-            .nodes
-            .iter()
-            .map(|n| {
-                n.links
-                    .iter()
-                    .map(|l| l.read().capacity() * 4 + 32)
-                    .sum::<usize>()
-                    + 16
-            })
-            .sum();
+        let nodes = c.graph.len();
+        let graph = c.graph.bytes();
         d.set_item("count", c.live())?;
         d.set_item("deleted", c.n_deleted - c.n_purged)?;
         d.set_item("slots", nodes)?;

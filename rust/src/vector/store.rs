@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use super::distance::Kernels;
 use super::filter::{Interner, Meta, Value};
-use super::hnsw::{Core, Index, Node, Params, Vectors, NONE};
+use super::hnsw::{Core, Index, Params, Vectors, NONE};
 use super::quant::Sq4;
 use super::{Metric, Result, VectorError};
 
@@ -153,7 +153,7 @@ pub fn save(core: &Core, dir: &Path) -> Result<()> {
     let (vname, iname) = names(gen);
 
     // Compaction map: old slot -> new slot for live items.
-    let n = core.nodes.len();
+    let n = core.graph.len();
     let mut remap = vec![NONE; n];
     let live: Vec<usize> = (0..n).filter(|&i| !core.deleted[i]).collect();
     for (new, &old) in live.iter().enumerate() {
@@ -190,11 +190,13 @@ pub fn save(core: &Core, dir: &Path) -> Result<()> {
     w.u8(if ep == NONE { 0 } else { lvl });
     for &i in &live {
         w.u64(core.ids[i]);
-        let node = &core.nodes[i];
-        w.u8(node.level);
-        for l in node.links.iter() {
-            let l = l.read();
-            let kept: Vec<u32> = l
+        let g = &core.graph;
+        let level = g.level(i as u32);
+        w.u8(level as u8);
+        let mut buf = vec![0u32; g.max_links()];
+        for layer in 0..=level {
+            let cnt = g.read(i as u32, layer, &mut buf);
+            let kept: Vec<u32> = buf[..cnt]
                 .iter()
                 .map(|&x| remap[x as usize])
                 .filter(|&x| x != NONE)
@@ -328,16 +330,17 @@ pub fn load(dir: &Path, mmap: bool) -> Result<Index> {
     let mut core = Core::new(p.clone())?;
     core.rng = rng;
     let mut raw_meta: Vec<Option<Vec<(u32, u8, u64)>>> = Vec::with_capacity(n);
+    core.graph.reserve(n);
     for slot in 0..n {
         let id = r.u64()?;
         let level = r.u8()? as usize;
         if level > 16 {
             return Err(corrupt(&ipath, "node level out of range"));
         }
-        let node = Node::new(level, p.m);
-        for l in node.links.iter() {
+        core.graph.push(level);
+        for layer in 0..=level {
             let cnt = r.u32()? as usize;
-            if cnt > 2 * p.m {
+            if cnt > core.graph.cap(layer) {
                 return Err(corrupt(&ipath, "neighbour list too long"));
             }
             let mut v = Vec::with_capacity(cnt);
@@ -348,9 +351,8 @@ pub fn load(dir: &Path, mmap: bool) -> Result<Index> {
                 }
                 v.push(x);
             }
-            *l.write() = v;
+            core.graph.set_mut(slot as u32, layer, &v);
         }
-        core.nodes.push(node);
         core.ids.push(id);
         if core.slot_of.insert(id, slot as u32).is_some() {
             return Err(corrupt(&ipath, "duplicate id"));
