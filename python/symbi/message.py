@@ -1,12 +1,36 @@
 """The base class of messages agents exchange: a msgspec Struct, so encoding is fast,
-typed and strict."""
+typed and strict.
+
+Every subclass is registered by its qualified name (``module.QualName``) when it is
+defined; the bus writes that name as an envelope's content type and decodes the payload
+with the registered class (:func:`message_type`). Defining a class again under the same
+name (a reloaded module) replaces the entry.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import msgspec
 
-__all__ = ["Message"]
+__all__ = ["Message", "message_type", "message_type_name"]
+
+_REGISTRY: dict[str, type[Message]] = {}
 
 
 class Message(msgspec.Struct, kw_only=True):
     """Subclass this for every message type; handlers are chosen by the subclass."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[message_type_name(cls)] = cls
+
+
+def message_type_name(cls: type[Message]) -> str:
+    """The registry key (and bus content type) of a message class: ``module.QualName``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def message_type(name: str) -> Optional[type[Message]]:
+    """The message class registered under ``name``, or None."""
+    return _REGISTRY.get(name)

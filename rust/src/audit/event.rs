@@ -33,6 +33,8 @@ pub const SIG_SIZE: usize = 64;
 pub const TRAILER: usize = HASH_SIZE + SIG_SIZE;
 /// Offset of the sequence number in the canonical bytes (and so in a record body).
 pub const SEQ_OFFSET: usize = DOMAIN.len();
+/// Offset of the raw event id in the canonical bytes.
+pub const ID_OFFSET: usize = SEQ_OFFSET + 8;
 pub const MAX_ID_LEN: usize = 4096;
 pub const MAX_DETAILS_LEN: usize = 16 << 20;
 

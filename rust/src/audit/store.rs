@@ -606,6 +606,180 @@ pub fn query(source: &Source, filter: &Filter) -> Result<Vec<StoredEvent>, Audit
     Ok(out)
 }
 
+// --------------------------------------------------------------------- the write pipeline
+
+/// Where the next batch continues the trail: its first sequence number, the chain head and
+/// the Merkle state it builds on, plus the signing key.
+///
+/// **Pipelining.** [`Tail::prepare`] (number, chain, sign: the CPU work) runs apart from
+/// [`Store::commit`] (one write, one `fdatasync`: the disk wait), so the next batch can be
+/// signed while the previous one syncs. A tail runs ahead of the durable trail while
+/// prepared batches are in flight; they must be committed in the order they were prepared.
+/// The Python bindings keep one tail behind its own lock and hand over from that lock to
+/// the store's (hand-over-hand), which fixes the commit order to the prepare order.
+#[derive(Clone)]
+pub struct Tail {
+    next_seq: u64,
+    head: Hash,
+    compact: Compact,
+    signer: SigningKey,
+    key_id: String,
+    checkpoint_every: u64,
+}
+
+/// A batch numbered, chained and signed, not yet written.
+pub struct Prepared {
+    first_seq: u64,
+    /// The chain head before the batch.
+    prev: Hash,
+    bodies: Vec<Vec<u8>>,
+    /// The chain head and Merkle state after the batch.
+    head: Hash,
+    compact: Compact,
+    /// Checkpoints the batch completes.
+    checkpoints: Vec<Checkpoint>,
+}
+
+/// What a durable batch produced per event (the rest the caller already has).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedEvent {
+    pub id: [u8; 16],
+    pub chain: Hash,
+    pub sig: [u8; 64],
+}
+
+/// A durable batch: events `first_seq..first_seq + events.len()`, the first chained to
+/// `prev`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub first_seq: u64,
+    pub prev: Hash,
+    pub key_id: String,
+    pub events: Vec<CommittedEvent>,
+}
+
+impl Committed {
+    /// The stored events, given the items the batch was prepared from.
+    pub fn stored(&self, items: &[NewEvent]) -> Vec<StoredEvent> {
+        let mut prev = self.prev;
+        self.events
+            .iter()
+            .zip(items)
+            .enumerate()
+            .map(|(i, (e, it))| {
+                let out = StoredEvent {
+                    seq: self.first_seq + i as u64,
+                    event_id: e.id,
+                    timestamp_ns: it.timestamp_ns,
+                    key_id: self.key_id.clone(),
+                    agent_id: it.agent_id.clone(),
+                    event_type: it.event_type.clone(),
+                    details: it.details.clone(),
+                    prev,
+                    chain: e.chain,
+                    sig: e.sig,
+                };
+                prev = e.chain;
+                out
+            })
+            .collect()
+    }
+}
+
+impl Tail {
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Number, chain and sign `items` (signing spread over the cores). The tail moves past
+    /// the batch only when this succeeds.
+    pub fn prepare(&mut self, items: &[NewEvent]) -> Result<Prepared, AuditError> {
+        for it in items {
+            event::validate(&it.agent_id, &it.event_type, &it.details)?;
+        }
+        let first_seq = self.next_seq;
+        let prev = self.head;
+        if items.is_empty() {
+            return Ok(Prepared {
+                first_seq,
+                prev,
+                bodies: Vec::new(),
+                head: prev,
+                compact: self.compact.clone(),
+                checkpoints: Vec::new(),
+            });
+        }
+        first_seq
+            .checked_add(items.len() as u64)
+            .ok_or(AuditError::SequenceOverflow {
+                first_seq,
+                count: items.len(),
+            })?;
+        let mut ids = vec![0u8; 16 * items.len()];
+        getrandom::fill(&mut ids).map_err(|e| AuditError::Io {
+            op: "random",
+            path: "the OS random source".into(),
+            detail: e.to_string(),
+        })?;
+        // Canonical bytes and chain hashes, in order.
+        let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(items.len());
+        let mut head = prev;
+        for (i, it) in items.iter().enumerate() {
+            let mut id: [u8; 16] = ids[16 * i..16 * i + 16].try_into().expect("16 bytes");
+            id[6] = (id[6] & 0x0f) | 0x40; // uuid version 4
+            id[8] = (id[8] & 0x3f) | 0x80; // RFC 4122 variant
+            let f = Fields {
+                seq: first_seq + i as u64,
+                event_id: id,
+                timestamp_ns: it.timestamp_ns,
+                key_id: &self.key_id,
+                agent_id: &it.agent_id,
+                event_type: &it.event_type,
+                details: &it.details,
+            };
+            let mut body = Vec::with_capacity(event::encoded_len(&f) + event::TRAILER);
+            event::encode_into(&f, &mut body);
+            head = chain::link(&head, f.seq, &body);
+            body.extend_from_slice(&head);
+            bodies.push(body);
+        }
+        let msgs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
+        let sigs = keys::sign_many(&self.signer, &msgs);
+        for (b, s) in bodies.iter_mut().zip(&sigs) {
+            b.extend_from_slice(s);
+        }
+        // Checkpoints that this batch completes.
+        let mut compact = self.compact.clone();
+        let mut checkpoints = Vec::new();
+        for b in &bodies {
+            let rec_chain: Hash = b[b.len() - event::TRAILER..b.len() - 64]
+                .try_into()
+                .expect("32 bytes");
+            compact.push(&rec_chain);
+            let every = self.checkpoint_every;
+            if every > 0 && compact.size() % every == 0 {
+                checkpoints.push(Checkpoint::new(
+                    &self.signer,
+                    &self.key_id,
+                    compact.size(),
+                    compact.root(),
+                ));
+            }
+        }
+        self.next_seq = first_seq + items.len() as u64;
+        self.head = head;
+        self.compact = compact.clone();
+        Ok(Prepared {
+            first_seq,
+            prev,
+            bodies,
+            head,
+            compact,
+            checkpoints,
+        })
+    }
+}
+
 // ------------------------------------------------------------------------------ store
 
 struct Active {
@@ -849,92 +1023,78 @@ impl Store {
     /// whole batch is acknowledged or the call fails (and the store refuses further
     /// appends until reopened, which cuts any partial write off the tail).
     pub fn append_batch(&mut self, items: &[NewEvent]) -> Result<Vec<StoredEvent>, AuditError> {
+        let mut tail = self.tail()?;
+        let prepared = tail.prepare(items)?;
+        let done = self.commit(prepared)?;
+        Ok(done.stored(items))
+    }
+
+    /// Where the next batch continues the trail (see [`Tail`]).
+    pub fn tail(&self) -> Result<Tail, AuditError> {
         self.check_open()?;
-        for it in items {
-            event::validate(&it.agent_id, &it.event_type, &it.details)?;
+        Ok(Tail {
+            next_seq: self.next_seq,
+            head: self.head,
+            compact: self.compact.clone(),
+            signer: self.signer.clone(),
+            key_id: self.key_id.clone(),
+            checkpoint_every: self.opts.checkpoint_every,
+        })
+    }
+
+    /// Write a [`Prepared`] batch with one `write` and one `fdatasync`, then make it part of
+    /// the trail. Batches must be committed in the order they were prepared from one
+    /// [`Tail`]; one that does not continue the durable trail is refused unwritten. A write
+    /// failure fails the store (it refuses appends until reopened).
+    pub fn commit(&mut self, p: Prepared) -> Result<Committed, AuditError> {
+        self.check_open()?;
+        if p.first_seq != self.next_seq || p.prev != self.head {
+            return Err(AuditError::BadInput {
+                field: "batch",
+                detail: format!(
+                    "a batch prepared from event {} does not continue the trail at event {}; \
+                     prepare it again",
+                    p.first_seq, self.next_seq
+                ),
+            });
         }
-        if items.is_empty() {
-            return Ok(Vec::new());
+        if p.bodies.is_empty() {
+            return Ok(Committed {
+                first_seq: p.first_seq,
+                prev: p.prev,
+                key_id: self.key_id.clone(),
+                events: Vec::new(),
+            });
         }
-        self.next_seq
-            .checked_add(items.len() as u64)
-            .ok_or(AuditError::SequenceOverflow {
-                first_seq: self.next_seq,
-                count: items.len(),
-            })?;
-        let mut ids = vec![0u8; 16 * items.len()];
-        getrandom::fill(&mut ids).map_err(|e| AuditError::Io {
-            op: "random",
-            path: "the OS random source".into(),
-            detail: e.to_string(),
-        })?;
-        // Canonical bytes and chain hashes, in order.
-        let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(items.len());
-        let mut prevs = Vec::with_capacity(items.len());
-        let mut head = self.head;
-        for (i, it) in items.iter().enumerate() {
-            let mut id: [u8; 16] = ids[16 * i..16 * i + 16].try_into().expect("16 bytes");
-            id[6] = (id[6] & 0x0f) | 0x40; // uuid version 4
-            id[8] = (id[8] & 0x3f) | 0x80; // RFC 4122 variant
-            let f = Fields {
-                seq: self.next_seq + i as u64,
-                event_id: id,
-                timestamp_ns: it.timestamp_ns,
-                key_id: &self.key_id,
-                agent_id: &it.agent_id,
-                event_type: &it.event_type,
-                details: &it.details,
-            };
-            let mut body = Vec::with_capacity(event::encoded_len(&f) + event::TRAILER);
-            event::encode_into(&f, &mut body);
-            prevs.push(head);
-            head = chain::link(&head, f.seq, &body);
-            body.extend_from_slice(&head);
-            bodies.push(body);
-        }
-        let msgs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
-        let sigs = keys::sign_many(&self.signer, &msgs);
-        for (b, s) in bodies.iter_mut().zip(&sigs) {
-            b.extend_from_slice(s);
-        }
-        // Checkpoints that this batch completes.
-        let mut compact = self.compact.clone();
-        let mut new_cks = Vec::new();
-        for b in &bodies {
-            let rec_chain: Hash = b[b.len() - event::TRAILER..b.len() - 64]
-                .try_into()
-                .expect("32 bytes");
-            compact.push(&rec_chain);
-            let every = self.opts.checkpoint_every;
-            if every > 0 && compact.size() % every == 0 {
-                new_cks.push(Checkpoint::new(
-                    &self.signer,
-                    &self.key_id,
-                    compact.size(),
-                    compact.root(),
-                ));
-            }
-        }
-        if let Err(e) = self.write(&bodies, &new_cks) {
+        if let Err(e) = self.write(&p.bodies, &p.checkpoints) {
             self.failed = Some(e.to_string());
             return Err(e);
         }
         // Durable: commit the in-memory state.
-        let first = self.next_seq;
-        let mut out = Vec::with_capacity(bodies.len());
-        for (i, b) in bodies.into_iter().enumerate() {
-            let rec = Record::parse(&b).expect("a record we just encoded parses");
-            out.push(StoredEvent::from_record(&rec, prevs[i]));
-            self.leaves.push(rec.chain);
+        let mut events = Vec::with_capacity(p.bodies.len());
+        for b in p.bodies {
+            let n = b.len();
+            let chain: Hash = b[n - event::TRAILER..n - 64].try_into().expect("32 bytes");
+            let sig: [u8; 64] = b[n - 64..].try_into().expect("64 bytes");
+            let id: [u8; 16] = b[event::ID_OFFSET..event::ID_OFFSET + 16]
+                .try_into()
+                .expect("16 bytes");
+            events.push(CommittedEvent { id, chain, sig });
+            self.leaves.push(chain);
             if let Backing::Memory { bodies } = &mut self.backing {
                 bodies.push(Arc::from(b.into_boxed_slice()));
             }
         }
-        self.next_seq = first + out.len() as u64;
-        self.head = head;
-        self.compact = compact;
-        self.checkpoints.extend(new_cks);
-        Ok(out)
+        self.next_seq = p.first_seq + events.len() as u64;
+        self.head = p.head;
+        self.compact = p.compact;
+        self.checkpoints.extend(p.checkpoints);
+        Ok(Committed {
+            first_seq: p.first_seq,
+            prev: p.prev,
+            key_id: self.key_id.clone(),
+            events,
+        })
     }
 
     fn write(&mut self, bodies: &[Vec<u8>], cks: &[Checkpoint]) -> Result<(), AuditError> {

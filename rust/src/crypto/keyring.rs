@@ -1,7 +1,7 @@
 //! Identities, peers, derived keys, and sealing/opening envelopes.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
@@ -19,8 +19,21 @@ use super::{random, CryptoError, Result};
 pub const MAX_BATCH: usize = 65_536;
 const SIG_SINGLE: &[u8] = b"symbi.bus.sig.single.v1";
 const SIG_BATCH: &[u8] = b"symbi.bus.sig.batch.v1";
-/// Verified batch roots remembered per key ring; a full cache is simply cleared.
-const ROOT_CACHE: usize = 4096;
+/// Batches remembered (the last verified proof of each); a full cache is simply cleared
+/// (the next envelope of a batch then verifies its signature again).
+const MEMO_CACHE: usize = 4096;
+
+/// The last verified proof of a batch: the nodes on its path (level 0 = leaf, last = the
+/// signed root), how many path hashes were used below each level, and the path itself.
+/// The next envelope of the batch climbs only to where its path joins this one, then
+/// must match it exactly, so every byte of every proof is still checked.
+struct BatchMemo {
+    size: u32,
+    index: usize,
+    nodes: Vec<Hash>,
+    used: Vec<usize>,
+    path: Vec<Hash>,
+}
 
 pub type KeyId = [u8; 8];
 
@@ -96,10 +109,22 @@ pub struct KeyRing {
     identities: HashMap<String, Identity>,
     peers: HashMap<String, Peer>,
     pair_keys: HashMap<(KeyId, KeyId), Aes256Gcm>,
+    /// The key each topic is sealed under (created by a publisher, or the first received).
     topics: HashMap<String, (KeyId, Aes256Gcm, [u8; 32])>,
-    verified_roots: HashSet<(KeyId, Hash, [u8; 64])>,
+    /// Every group key known for a topic, by key id: what opening uses, so messages sealed
+    /// under another runtime's key (or a previous key) still open.
+    topic_openers: HashMap<(String, KeyId), Aes256Gcm>,
+    batch_memo: HashMap<(KeyId, [u8; 64]), BatchMemo>,
     replay: HashMap<String, ReplayGuard>,
     replay_window_ns: u64,
+}
+
+/// A message id (16 bytes) and an AES-GCM nonce (12 bytes) from 28 random bytes.
+fn split_random(r: &[u8]) -> ([u8; 16], [u8; 12]) {
+    (
+        r[..16].try_into().expect("16 bytes"),
+        r[16..28].try_into().expect("12 bytes"),
+    )
 }
 
 fn now_ns() -> u64 {
@@ -188,8 +213,41 @@ impl KeyRing {
         })?;
         let id: KeyId = Sha256::digest(raw)[..8].try_into().expect("8");
         let cipher = Aes256Gcm::new_from_slice(&raw).expect("32-byte key");
+        self.topic_openers
+            .insert((topic.into(), id), cipher.clone());
         self.topics.insert(topic.into(), (id, cipher, raw));
         Ok(())
+    }
+
+    /// Learn a group key for opening `topic` messages (e.g. received from a remote
+    /// publisher). It becomes the sealing key only when the topic has none yet, so the
+    /// publishers of one runtime keep agreeing with each other. Returns its key id.
+    pub fn add_topic_key(&mut self, topic: &str, raw: &[u8]) -> Result<KeyId> {
+        let arr: [u8; 32] = raw.try_into().map_err(|_| CryptoError::Invalid {
+            what: "topic key",
+            detail: format!("is 32 bytes, got {}", raw.len()),
+        })?;
+        let id: KeyId = Sha256::digest(arr)[..8].try_into().expect("8");
+        if !self.topics.contains_key(topic) {
+            self.set_topic_key(topic, &arr)?;
+        } else {
+            let cipher = Aes256Gcm::new_from_slice(&arr).expect("32-byte key");
+            self.topic_openers.insert((topic.into(), id), cipher);
+        }
+        Ok(id)
+    }
+
+    /// Whether a group key with this id is known for `topic`.
+    pub fn has_topic_key(&self, topic: &str, key_id: &[u8]) -> bool {
+        let Ok(kid) = <KeyId>::try_from(key_id) else {
+            return false;
+        };
+        self.topic_openers.contains_key(&(topic.to_string(), kid))
+    }
+
+    /// The id of the key `topic` is sealed under, if it has one.
+    pub fn topic_key_id(&self, topic: &str) -> Option<KeyId> {
+        self.topics.get(topic).map(|t| t.0)
     }
 
     fn pair_cipher(
@@ -241,6 +299,7 @@ impl KeyRing {
         sender: &str,
         item: &SealItem<'_>,
         id: [u8; 16],
+        nonce: [u8; 12],
         ts: u64,
     ) -> Result<(Vec<u8>, Vec<u8>)> {
         if item.payload.len() > MAX_PAYLOAD {
@@ -253,7 +312,6 @@ impl KeyRing {
                 ),
             });
         }
-        let nonce = random::<12>();
         let (kind, s_id, r_id) = if item.topic {
             self.ensure_topic(item.recipient);
             let me = self
@@ -308,7 +366,9 @@ impl KeyRing {
     /// Seal one message, signed on its own.
     pub fn seal(&mut self, sender: &str, item: &SealItem<'_>, ts: Option<u64>) -> Result<Vec<u8>> {
         let ts = ts.unwrap_or_else(now_ns);
-        let (hb, ct) = self.encrypt(sender, item, random::<16>(), ts)?;
+        let r = random::<28>();
+        let (id, nonce) = split_random(&r);
+        let (hb, ct) = self.encrypt(sender, item, id, nonce, ts)?;
         let leaf = envelope::leaf(&hb, &ct);
         let me = &self.identities[sender];
         let mut msg = Vec::with_capacity(SIG_SINGLE.len() + 32);
@@ -339,8 +399,12 @@ impl KeyRing {
         }
         let ts = ts.unwrap_or_else(now_ns);
         let mut parts = Vec::with_capacity(items.len());
-        for it in items {
-            parts.push(self.encrypt(sender, it, random::<16>(), ts)?);
+        // One call to the OS for the whole batch's ids and nonces.
+        let mut rnd = vec![0u8; 28 * items.len()];
+        getrandom::fill(&mut rnd).expect("the operating system random source failed");
+        for (it, r) in items.iter().zip(rnd.chunks_exact(28)) {
+            let (id, nonce) = split_random(r);
+            parts.push(self.encrypt(sender, it, id, nonce, ts)?);
         }
         let leaves: Vec<Hash> = parts.iter().map(|(h, c)| envelope::leaf(h, c)).collect();
         let (root, paths) = merkle::root_and_paths(&leaves);
@@ -365,9 +429,8 @@ impl KeyRing {
     }
 
     fn verify_signature(&mut self, env: &Envelope<'_>, peer: &Peer) -> Result<()> {
-        let id = envelope::id_hex(&env.header.id);
         let fail = |detail: &str| CryptoError::Signature {
-            id: id.clone(),
+            id: envelope::id_hex(&env.header.id),
             sender: env.header.sender.clone(),
             detail: detail.into(),
         };
@@ -383,24 +446,80 @@ impl KeyRing {
                     .map_err(|_| fail("the signature does not match the message and sender key"))
             }
             Some(p) => {
-                let root =
-                    merkle::root_from_path(&leaf, p.index as usize, p.size as usize, &p.path)
-                        .ok_or_else(|| fail("the batch proof is malformed"))?;
-                let key = (peer.key_id, root, env.signature);
-                if self.verified_roots.contains(&key) {
-                    return Ok(());
+                let key = (peer.key_id, env.signature);
+                let (k, n) = (p.index as usize, p.size as usize);
+                if k >= n || n > MAX_BATCH || p.path.len() > 32 {
+                    return Err(fail("the batch proof is malformed"));
                 }
-                let mut msg = Vec::with_capacity(SIG_BATCH.len() + 36);
-                msg.extend_from_slice(SIG_BATCH);
-                msg.extend_from_slice(&root);
-                msg.extend_from_slice(&p.size.to_be_bytes());
-                peer.verify.verify_strict(&msg, &sig).map_err(|_| {
-                    fail("the batch signature does not match the message and sender key")
-                })?;
-                if self.verified_roots.len() >= ROOT_CACHE {
-                    self.verified_roots.clear();
+                let memo = self.batch_memo.get(&key).filter(|m| m.size == p.size);
+                let mut nodes: Vec<Hash> = Vec::with_capacity(18);
+                let mut used: Vec<usize> = Vec::with_capacity(18);
+                nodes.push(leaf);
+                used.push(0);
+                let (mut cur, mut idx, mut sz, mut pos, mut level) = (leaf, k, n, 0usize, 0usize);
+                let mut merged = false;
+                loop {
+                    if let Some(m) = memo {
+                        if k >> level == m.index >> level {
+                            // Same node as the verified proof from here up: it must be equal,
+                            // and so must the rest of the path.
+                            let tail = m.path.get(m.used[level]..).unwrap_or(&[]);
+                            if cur != m.nodes[level] || p.path.get(pos..) != Some(tail) {
+                                return Err(fail("the batch proof does not match its signed tree"));
+                            }
+                            nodes.extend_from_slice(&m.nodes[level + 1..]);
+                            let base = m.used[level];
+                            used.extend(m.used[level + 1..].iter().map(|u| pos + u - base));
+                            merged = true;
+                            break;
+                        }
+                    }
+                    if sz <= 1 {
+                        break;
+                    }
+                    if idx ^ 1 < sz {
+                        let s = p
+                            .path
+                            .get(pos)
+                            .ok_or_else(|| fail("the batch proof is malformed"))?;
+                        pos += 1;
+                        cur = if idx % 2 == 0 {
+                            merkle::node(&cur, s)
+                        } else {
+                            merkle::node(s, &cur)
+                        };
+                    }
+                    idx /= 2;
+                    sz = sz.div_ceil(2);
+                    level += 1;
+                    nodes.push(cur);
+                    used.push(pos);
                 }
-                self.verified_roots.insert(key);
+                if !merged {
+                    if pos != p.path.len() {
+                        return Err(fail("the batch proof is malformed"));
+                    }
+                    let mut msg = Vec::with_capacity(SIG_BATCH.len() + 36);
+                    msg.extend_from_slice(SIG_BATCH);
+                    msg.extend_from_slice(&cur);
+                    msg.extend_from_slice(&p.size.to_be_bytes());
+                    peer.verify.verify_strict(&msg, &sig).map_err(|_| {
+                        fail("the batch signature does not match the message and sender key")
+                    })?;
+                }
+                if self.batch_memo.len() >= MEMO_CACHE && !self.batch_memo.contains_key(&key) {
+                    self.batch_memo.clear();
+                }
+                self.batch_memo.insert(
+                    key,
+                    BatchMemo {
+                        size: p.size,
+                        index: k,
+                        nodes,
+                        used,
+                        path: p.path.clone(),
+                    },
+                );
                 Ok(())
             }
         }
@@ -411,10 +530,10 @@ impl KeyRing {
     pub fn open(&mut self, opener: &str, buf: &[u8], now: Option<u64>) -> Result<Opened> {
         let env = envelope::parse(buf)?;
         let h = &env.header;
-        let id = envelope::id_hex(&h.id);
+        let id = || envelope::id_hex(&h.id);
         if h.kind == KIND_DIRECT && h.recipient != opener {
             return Err(CryptoError::WrongRecipient {
-                id,
+                id: id(),
                 recipient: h.recipient.clone(),
                 opener: opener.into(),
             });
@@ -429,44 +548,46 @@ impl KeyRing {
             .ok_or_else(|| CryptoError::UnknownAgent(h.sender.clone()))?;
         if peer.key_id != h.sender_key {
             return Err(CryptoError::Signature {
-                id,
+                id: id(),
                 sender: h.sender.clone(),
                 detail: "signed with a key that is not the sender's current key".into(),
             });
         }
         self.verify_signature(&env, &peer)?;
+        // Resolve the key first: an envelope this ring cannot open yet (an unknown topic
+        // key) must not be remembered as seen, or it could never be opened later.
+        let cipher = if h.kind == KIND_TOPIC {
+            self.topic_openers
+                .get(&(h.recipient.clone(), h.recipient_key))
+                .ok_or_else(|| CryptoError::UnknownTopic(h.recipient.clone()))?
+                .clone()
+        } else {
+            let (_, r, c) = self.pair_cipher(&h.sender, opener, true)?;
+            if r != h.recipient_key {
+                return Err(CryptoError::Decrypt { id: id() });
+            }
+            c.clone()
+        };
         let now = now.unwrap_or_else(now_ns);
         let window = self.replay_window_ns;
-        let fresh = self
-            .replay
-            .entry(opener.into())
-            .or_insert_with(|| ReplayGuard::new(window))
-            .check(h.id, h.timestamp_ns, now);
+        if !self.replay.contains_key(opener) {
+            self.replay.insert(opener.into(), ReplayGuard::new(window));
+        }
+        let fresh =
+            self.replay
+                .get_mut(opener)
+                .expect("inserted above")
+                .check(h.id, h.timestamp_ns, now);
         if fresh == Freshness::Stale {
             return Err(CryptoError::Invalid {
                 what: "timestamp",
                 detail: format!(
-                    "message {id} is outside the {}s replay window; it is a replay or the clocks disagree",
+                    "message {} is outside the {}s replay window; it is a replay or the clocks disagree",
+                    id(),
                     window / 1_000_000_000
                 ),
             });
         }
-        let cipher = if h.kind == KIND_TOPIC {
-            let (kid, cipher, _) = self
-                .topics
-                .get(&h.recipient)
-                .ok_or_else(|| CryptoError::UnknownTopic(h.recipient.clone()))?;
-            if *kid != h.recipient_key {
-                return Err(CryptoError::Decrypt { id });
-            }
-            cipher.clone()
-        } else {
-            let (_, r, c) = self.pair_cipher(&h.sender, opener, true)?;
-            if r != h.recipient_key {
-                return Err(CryptoError::Decrypt { id });
-            }
-            c.clone()
-        };
         let n = env.ciphertext.len() - envelope::TAG_LEN;
         let mut pt = env.ciphertext[..n].to_vec();
         let tag = Tag::try_from(&env.ciphertext[n..]).expect("16-byte tag");
@@ -479,7 +600,7 @@ impl KeyRing {
             )
             .is_err()
         {
-            return Err(CryptoError::Decrypt { id });
+            return Err(CryptoError::Decrypt { id: id() });
         }
         Ok(Opened {
             header: env.header.clone(),
@@ -548,6 +669,34 @@ mod tests {
         let n = bad.len();
         bad[n - 40] ^= 1; // inside the audit path
         assert!(r.open("bob", &bad, None).is_err());
+    }
+
+    #[test]
+    fn every_flipped_byte_of_a_batch_envelope_is_rejected_after_its_batch_verified() {
+        for n in [2usize, 3, 7, 16] {
+            let mut r = ring();
+            let payloads: Vec<Vec<u8>> = (0..n as u8).map(|i| vec![i; 3]).collect();
+            let items: Vec<SealItem<'_>> = payloads.iter().map(|p| item("bob", p)).collect();
+            let envs = r.seal_batch("alice", &items, None).unwrap();
+            for (i, e) in envs.iter().enumerate() {
+                // open the others first so the batch is remembered, then tamper with this one
+                for (j, o) in envs.iter().enumerate() {
+                    if j != i {
+                        let _ = r.open("bob", o, None);
+                    }
+                }
+                for b in 0..e.len() {
+                    let mut bad = e.clone();
+                    bad[b] ^= 0x10;
+                    assert!(
+                        r.open("bob", &bad, None).is_err(),
+                        "n={n} envelope {i} byte {b} flipped went unnoticed"
+                    );
+                }
+                let o = r.open("bob", e, None).unwrap();
+                assert_eq!(o.payload, payloads[i]);
+            }
+        }
     }
 
     #[test]
@@ -621,6 +770,44 @@ mod tests {
         assert_eq!(
             outsider.open("eve", &env, None).unwrap().payload,
             b"intrusion"
+        );
+    }
+
+    #[test]
+    fn remote_topic_keys_open_without_replacing_the_sealing_key() {
+        let mut a = ring();
+        let mut b = KeyRing::new(30_000_000_000);
+        b.create_identity("carol").unwrap();
+        b.add_peer("alice", &a.bundle("alice").unwrap()).unwrap();
+        let own = b.ensure_topic("t");
+        let a_key = a.ensure_topic("t");
+        let env = a
+            .seal(
+                "alice",
+                &SealItem {
+                    recipient: "t",
+                    topic: true,
+                    content_type: "E",
+                    payload: b"hi",
+                },
+                None,
+            )
+            .unwrap();
+        let kid = envelope::parse(&env).unwrap().header.recipient_key;
+        assert!(!b.has_topic_key("t", &kid));
+        assert!(matches!(
+            b.open("carol", &env, None),
+            Err(CryptoError::UnknownTopic(_))
+        ));
+        assert_eq!(b.add_topic_key("t", &a_key).unwrap(), kid);
+        assert!(b.has_topic_key("t", &kid));
+        let o = b.open("carol", &env, None).unwrap();
+        assert_eq!(o.payload, b"hi");
+        assert!(!o.duplicate, "a failed open must not mark the id as seen");
+        assert_eq!(
+            b.ensure_topic("t"),
+            own,
+            "the sealing key stays the runtime's own"
         );
     }
 

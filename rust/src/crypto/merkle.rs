@@ -4,7 +4,8 @@ use sha2::{Digest, Sha256};
 
 pub type Hash = [u8; 32];
 
-fn node(l: &Hash, r: &Hash) -> Hash {
+/// An interior node: `SHA-256(0x01 || left || right)`.
+pub fn node(l: &Hash, r: &Hash) -> Hash {
     let mut h = Sha256::new();
     h.update([1u8]);
     h.update(l);

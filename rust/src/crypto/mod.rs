@@ -9,15 +9,24 @@
 //!   salt = "symbi.bus.v1", info = "pair" || sender key id || recipient key id)`. The
 //!   direction is part of the info, so the two directions use different keys. A topic
 //!   message is encrypted under the topic's random group key.
+//! * Topic keys. A ring seals a topic under one key (its own, created on first publish,
+//!   or the first one it learnt) and opens with any key it knows for that topic, looked up
+//!   by the key id in the header (`add_topic_key`, `has_topic_key`). Across processes a
+//!   subscriber that meets an unknown key id asks the publishing agent for it; the key
+//!   travels sealed under the pair key (see `symbi.bus`).
 //! * The AEAD's associated data is the whole envelope header, so header and ciphertext
 //!   are bound together; the nonce is 96 random bits per message.
 //! * Signatures. Each envelope has a leaf hash `H("symbi.bus.leaf.v1" || header ||
 //!   ciphertext)`. Idle senders sign one leaf (`"single"`); under load `seal_batch` signs
 //!   one Merkle root over the batch's leaves (`"batch"`) and each envelope carries its
 //!   index and audit path. A receiver recomputes the root from the leaf and the path and
-//!   verifies the one signature; a verified (key, root, signature) is remembered, so the
-//!   rest of the batch costs a few hashes each. One Ed25519 signature then covers up to
-//!   `MAX_BATCH` messages, which is what makes 100k signed messages/s reachable.
+//!   verifies the one signature. It then remembers the batch's last verified proof (the
+//!   nodes on its path), keyed by (signer key, signature): the next envelope of the batch
+//!   climbs only until its path joins the remembered one (a hash or two for neighbours)
+//!   and must then match the rest of it byte for byte, so every byte of every proof is
+//!   still checked. One Ed25519 signature covers up to `MAX_BATCH` messages, which is what
+//!   makes 100k signed messages/s reachable. `seal_batch` draws the batch's ids and nonces
+//!   from the OS in one call.
 //! * Replays: a receiver rejects envelopes outside the timestamp window and remembers
 //!   the ids it has accepted until they leave the window (`ReplayGuard`).
 

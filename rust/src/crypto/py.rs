@@ -96,6 +96,28 @@ impl BusKeyRing {
         Ok(self.ring().set_topic_key(topic, key)?)
     }
 
+    /// Learn a group key for opening `topic` messages; returns its 8-byte key id. It
+    /// becomes the sealing key only if the topic has none.
+    fn add_topic_key<'py>(
+        &self,
+        py: Python<'py>,
+        topic: &str,
+        key: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(py, &self.ring().add_topic_key(topic, key)?))
+    }
+
+    fn has_topic_key(&self, topic: &str, key_id: &[u8]) -> bool {
+        self.ring().has_topic_key(topic, key_id)
+    }
+
+    /// The 8-byte id of the key `topic` is sealed under, or None.
+    fn topic_key_id<'py>(&self, py: Python<'py>, topic: &str) -> Option<Bound<'py, PyBytes>> {
+        self.ring()
+            .topic_key_id(topic)
+            .map(|k| PyBytes::new(py, &k))
+    }
+
     /// Encrypt and sign one message.
     #[pyo3(signature = (sender, recipient, content_type, payload, topic = false, timestamp_ns = None))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python signature, keywords included

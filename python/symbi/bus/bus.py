@@ -1,0 +1,1364 @@
+"""``symbi.bus.Bus``: the runtime component that carries every message, sealed.
+
+See the package docstring (:mod:`symbi.bus`) for the design.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Callable, Literal, Optional, Protocol, Union
+from urllib.parse import quote
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
+
+from .._core import BusKeyRing
+from ..components import ComponentHealth
+from ..errors import (
+    ComponentError,
+    DecryptError,
+    DeliveryError,
+    InvalidArgument,
+    PolicyDenied,
+    RateLimited,
+    RemoteError,
+    ReplayError,
+    RequestTimeout,
+    RuntimeStateError,
+    SignatureError,
+    SymbiError,
+)
+from ..message import Message
+from ..policy.types import AuditSink, PolicyRequest
+from . import codec
+from .codec import ACK_OK
+from .ratelimit import RateLimit, RateLimiter, RateLimitLike, to_rate_limit
+from .topics import validate_pattern, validate_topic
+from .transport import Incoming, InProcTransport, Transport, TransportSubscription, check_timeout
+from .types import BusStats, DeadLetter, LocalDelivery, SecureMessage
+
+__all__ = ["Bus", "Enforcer", "Subscription", "TopicHandler"]
+
+log = logging.getLogger("symbi.bus")
+
+TopicHandler = Callable[[Any, SecureMessage], Awaitable[None]]
+
+#: Seconds a duplicate waits for the first copy's outcome before acking it anyway.
+_MAX_DUP_WAIT = 30.0
+_ACK_CACHE = 65_536
+_MAX_ERRORS_KEPT = 4096
+
+
+class Enforcer(Protocol):
+    """What the bus needs of the policy engine: raise PolicyDenied or return a decision."""
+
+    def enforce(self, request: PolicyRequest) -> Any: ...
+
+
+class _SealJob:
+    __slots__ = ("ctype", "error", "payload", "recipient", "result", "sender", "topic")
+
+    def __init__(self, sender: str, recipient: str, ctype: str, payload: bytes, topic: bool):
+        self.sender = sender
+        self.recipient = recipient
+        self.ctype = ctype
+        self.payload = payload
+        self.topic = topic
+        self.result: bytes = b""
+        self.error: Optional[BaseException] = None
+
+
+class _Batch:
+    __slots__ = ("done", "flushed", "jobs")
+
+    def __init__(self) -> None:
+        self.jobs: list[_SealJob] = []
+        self.done = anyio.Event()
+        self.flushed = False
+
+
+class _Flight:
+    """A direct message being delivered; a duplicate arriving meanwhile waits for it."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event: Optional[anyio.Event] = None
+
+
+#: Marks a direct message whose delivery was cancelled before it took effect: a retry of
+#: it (a Duplicate to the replay guard) is then delivered instead of acked.
+_NOT_APPLIED = _Flight()
+
+
+class _Pending:
+    __slots__ = ("done", "error", "recipient", "requester", "value")
+
+    def __init__(self, requester: str, recipient: str) -> None:
+        self.requester = requester
+        self.recipient = recipient
+        self.done = anyio.Event()
+        self.value: Any = None
+        self.error: Optional[BaseException] = None
+
+
+class Subscription:
+    """A live topic subscription (``bus.subscribe``). ``await sub.unsubscribe()`` ends it."""
+
+    def __init__(self, bus: Bus, pattern: str, handler: TopicHandler, subscriber: str) -> None:
+        self._bus = bus
+        self.pattern = pattern
+        self.handler = handler
+        self.subscriber = subscriber
+        self.received = 0
+        self.active = True
+        self._transport_sub: Optional[TransportSubscription] = None
+
+    async def unsubscribe(self, *, timeout: float = 5.0) -> None:
+        check_timeout(timeout)
+        self.active = False
+        self._bus._subscriptions.discard(self)
+        ts, self._transport_sub = self._transport_sub, None
+        if ts is not None:
+            with anyio.move_on_after(timeout):
+                await ts.unsubscribe()
+
+    def __repr__(self) -> str:
+        return f"Subscription({self.pattern!r}, subscriber={self.subscriber!r})"
+
+
+def _token(agent: str) -> str:
+    """An agent id as one subject token: percent-encoded, dots included."""
+    return quote(agent, safe="").replace(".", "%2E")
+
+
+class Bus:
+    """The secure message bus; a runtime component named ``"bus"``.
+
+    Keyword arguments (all optional):
+
+    - ``policy``: an enforcer (``rt.policy``); every send, request, publish and subscribe
+      asks it (principal = sender, action ``send``/``publish``/``subscribe``, resource =
+      recipient or topic, context = ``message_type``, ``data_labels``).
+    - ``audit``: an AuditSink; every rejected envelope, dead letter and rate-limit hit is
+      recorded.
+    - ``transport``: :class:`InProcTransport` (default) or :class:`NatsTransport`.
+    - ``ack_timeout`` (1.0 s): how long one delivery attempt waits for the recipient's
+      ack before retrying; ``retry_attempts`` (5) and ``retry_backoff`` (0.02 s, doubling,
+      capped at ``retry_backoff_max``) shape the retries, all within the call's timeout.
+    - ``rate_limits`` ({agent: RateLimit | msgs/s}), ``default_rate_limit`` and
+      ``rate_limit_mode`` (``"wait"``: wait for a token within the timeout, ``"fail"``:
+      raise RateLimited at once).
+    - ``replay_window_s`` (30 s), ``max_message_bytes`` (1 MiB encoded), ``max_batch``
+      (1024 envelopes per batch signature), ``handler_timeout`` (30 s per topic handler
+      call), ``max_dead_letters`` (10,000 kept), ``connect_timeout`` (5 s).
+    """
+
+    name = "bus"
+
+    def __init__(
+        self,
+        *,
+        policy: Optional[Enforcer] = None,
+        audit: Optional[AuditSink] = None,
+        transport: Optional[Transport] = None,
+        ack_timeout: float = 1.0,
+        retry_attempts: int = 5,
+        retry_backoff: float = 0.02,
+        retry_backoff_max: float = 0.5,
+        rate_limits: Optional[Mapping[str, RateLimitLike]] = None,
+        default_rate_limit: Optional[RateLimitLike] = None,
+        rate_limit_mode: Literal["wait", "fail"] = "wait",
+        replay_window_s: float = 30.0,
+        max_message_bytes: int = 1024 * 1024,
+        max_batch: int = 1024,
+        handler_timeout: float = 30.0,
+        max_dead_letters: int = 10_000,
+        connect_timeout: float = 5.0,
+        runtime_id: Optional[str] = None,
+    ) -> None:
+        if policy is not None and not callable(getattr(policy, "enforce", None)):
+            raise InvalidArgument(
+                "policy needs an enforce(PolicyRequest) method (e.g. rt.policy)",
+                argument="policy",
+                expected="an Enforcer",
+                got=type(policy).__name__,
+            )
+        if audit is not None and not callable(getattr(audit, "record", None)):
+            raise InvalidArgument(
+                "audit needs a record(event_type, agent_id, details) method",
+                argument="audit",
+                expected="an AuditSink",
+                got=type(audit).__name__,
+            )
+        if transport is None:
+            transport = InProcTransport()
+        if not isinstance(transport, Transport):
+            raise InvalidArgument(
+                "transport must implement symbi.bus.Transport (InProcTransport, NatsTransport)",
+                argument="transport",
+                expected="a Transport",
+                got=type(transport).__name__,
+            )
+        if rate_limit_mode not in ("wait", "fail"):
+            raise InvalidArgument(
+                f"rate_limit_mode must be 'wait' or 'fail', got {rate_limit_mode!r}",
+                argument="rate_limit_mode",
+                expected="'wait' | 'fail'",
+                got=rate_limit_mode,
+            )
+        for arg, val, lo in (
+            ("retry_attempts", retry_attempts, 1),
+            ("max_message_bytes", max_message_bytes, 64),
+            ("max_batch", max_batch, 1),
+            ("max_dead_letters", max_dead_letters, 1),
+        ):
+            if isinstance(val, bool) or not isinstance(val, int) or val < lo:
+                raise InvalidArgument(
+                    f"{arg} must be an int >= {lo}, got {val!r}",
+                    argument=arg,
+                    expected=f"int >= {lo}",
+                    got=val,
+                )
+        if max_batch > 65_536:
+            raise InvalidArgument(
+                "max_batch is at most 65536",
+                argument="max_batch",
+                expected="<= 65536",
+                got=max_batch,
+            )
+        self._ack_timeout = check_timeout(ack_timeout, "ack_timeout")
+        self._backoff = check_timeout(retry_backoff, "retry_backoff")
+        self._backoff_max = check_timeout(retry_backoff_max, "retry_backoff_max")
+        self._handler_timeout = check_timeout(handler_timeout, "handler_timeout")
+        self._connect_timeout = check_timeout(connect_timeout, "connect_timeout")
+        check_timeout(replay_window_s, "replay_window_s")
+        per_agent: dict[str, RateLimit] = {}
+        if rate_limits is not None:
+            if not isinstance(rate_limits, Mapping):
+                raise InvalidArgument(
+                    "rate_limits maps agent ids to a RateLimit or messages per second",
+                    argument="rate_limits",
+                    expected="Mapping[str, RateLimit | float]",
+                    got=type(rate_limits).__name__,
+                )
+            for k, v in rate_limits.items():
+                per_agent[str(k)] = to_rate_limit(v, f"rate_limits[{k!r}]")
+        default = (
+            None
+            if default_rate_limit is None
+            else to_rate_limit(default_rate_limit, "default_rate_limit")
+        )
+        self._policy = policy
+        self._audit = audit
+        self._transport: Transport = transport
+        self._retry_attempts = retry_attempts
+        self._limiter = RateLimiter(per_agent, default)
+        self._rate_mode = rate_limit_mode
+        self._max_bytes = max_message_bytes
+        self._max_batch = max_batch
+        self._ring = BusKeyRing(replay_window_s)
+        self._bus_token = uuid.uuid4().hex[:12]
+        self._runtime_id = runtime_id or f"symbi.runtime.{self._bus_token}"
+        self._agents: set[str] = set()
+        self._peers: set[str] = set()
+        self._agent_subs: dict[str, list[TransportSubscription]] = {}
+        self._need_subs: set[str] = set()
+        self._subscriptions: set[Subscription] = set()
+        self._inactive: list[Subscription] = []
+        self._delivery: Optional[LocalDelivery] = None
+        self._pending: dict[str, _Pending] = {}
+        self._corr = itertools.count(1)
+        self._acks: collections.OrderedDict[str, Union[bytes, _Flight]] = collections.OrderedDict()
+        self._ack_errors: collections.OrderedDict[str, BaseException] = collections.OrderedDict()
+        self._dead: collections.deque[DeadLetter] = collections.deque(maxlen=max_dead_letters)
+        self._batch: Optional[_Batch] = None
+        self._subjects: dict[str, str] = {}
+        self._reply_sub: Optional[TransportSubscription] = None
+        self._tg: Optional[TaskGroup] = None
+        self._own_tg: Optional[TaskGroup] = None
+        self._state: Literal["new", "running", "stopped"] = "new"
+        self._audit_failures = 0
+        self.stats = BusStats()
+        self.register_agent(self._runtime_id)
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def runtime_id(self) -> str:
+        """The identity used when ``sender=None`` (the runtime itself)."""
+        return self._runtime_id
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        return list(self._dead)
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    def set_local_delivery(self, delivery: Optional[LocalDelivery]) -> None:
+        """Where messages for this bus's agents go (the runtime's agent host)."""
+        if delivery is not None and not isinstance(delivery, LocalDelivery):
+            raise InvalidArgument(
+                "delivery needs async deliver(msg, to, *, sender, timeout, want_reply) and "
+                "wait_reply(handle, *, recipient, timeout)",
+                argument="delivery",
+                expected="a LocalDelivery",
+                got=type(delivery).__name__,
+            )
+        self._delivery = delivery
+
+    def _check_agent_id(self, agent_id: object, argument: str = "agent_id") -> str:
+        if not isinstance(agent_id, str) or not agent_id or len(agent_id.encode()) > 255:
+            raise InvalidArgument(
+                f"{argument} must be a str of 1 to 255 bytes, got {agent_id!r:.80}",
+                argument=argument,
+                expected="str of 1..255 bytes",
+                got=agent_id,
+            )
+        return agent_id
+
+    def register_agent(self, agent_id: str) -> bytes:
+        """Create ``agent_id``'s identity (Ed25519 + X25519) in this bus's key ring and
+        start listening for it; returns its 64-byte public bundle."""
+        self._check_agent_id(agent_id)
+        bundle = self._ring.create_identity(agent_id)
+        self._agents.add(agent_id)
+        self._peers.add(agent_id)
+        self._need_subs.add(agent_id)
+        if self._state == "running" and self._tg is not None:
+            self._tg.start_soon(self._subscribe_in_background)
+        return bundle
+
+    def unregister_agent(self, agent_id: str) -> None:
+        """Forget ``agent_id``'s keys and stop listening for it. Unknown ids are ignored."""
+        self._check_agent_id(agent_id)
+        if agent_id == self._runtime_id:
+            raise InvalidArgument(
+                "the runtime's own identity cannot be unregistered",
+                argument="agent_id",
+                expected="an agent id",
+                got=agent_id,
+            )
+        self._ring.remove(agent_id)
+        self._agents.discard(agent_id)
+        self._peers.discard(agent_id)
+        self._need_subs.discard(agent_id)
+        self._limiter.forget(agent_id)
+        subs = self._agent_subs.pop(agent_id, [])
+        for s in list(self._subscriptions):
+            if s.subscriber == agent_id:
+                s.active = False
+                self._subscriptions.discard(s)
+                if s._transport_sub is not None:
+                    subs.append(s._transport_sub)
+        if subs and self._tg is not None:
+            self._tg.start_soon(self._unsubscribe_all, subs)
+
+    def bundle(self, agent_id: str) -> bytes:
+        """The public bundle of a known agent (local or pinned)."""
+        return self._ring.bundle(self._check_agent_id(agent_id))
+
+    def add_peer(self, agent_id: str, bundle: bytes) -> None:
+        """Pin a remote agent's public bundle (instead of looking it up on first use)."""
+        self._ring.add_peer(self._check_agent_id(agent_id), bundle)
+        self._peers.add(agent_id)
+
+    async def _unsubscribe_all(self, subs: Sequence[TransportSubscription]) -> None:
+        with anyio.move_on_after(self._ack_timeout):
+            for s in subs:
+                await s.unsubscribe()
+
+    def _subject(self, prefix: str, agent: str) -> str:
+        key = prefix + agent
+        s = self._subjects.get(key)
+        if s is None:
+            if len(self._subjects) > 100_000:
+                self._subjects.clear()
+            s = self._subjects[key] = f"symbi.{prefix}.{_token(agent)}"
+        return s
+
+    # --------------------------------------------------------------- lifecycle
+    async def start(self, task_group: TaskGroup) -> None:
+        if self._state == "running":
+            raise RuntimeStateError("the bus is already running")
+        try:
+            await self._transport.connect(timeout=self._connect_timeout)
+        except SymbiError as e:
+            raise ComponentError(
+                f"the bus could not connect its {self._transport.name} transport: {e}",
+                component=self.name,
+            ) from e
+        self._tg = task_group
+        self._state = "running"
+        self._reply_sub = await self._transport.subscribe(
+            f"symbi.reply.{self._bus_token}.*", self._on_reply, timeout=self._connect_timeout
+        )
+        await self._subscribe_pending()
+
+    async def stop(self) -> None:
+        if self._state != "running":
+            return
+        self._state = "stopped"
+        for p in list(self._pending.values()):
+            p.error = RuntimeStateError("the bus stopped before the reply arrived")
+            p.done.set()
+        with anyio.move_on_after(self._connect_timeout, shield=True):
+            subs: list[TransportSubscription] = [s for v in self._agent_subs.values() for s in v]
+            subs += [s._transport_sub for s in self._subscriptions if s._transport_sub]
+            if self._reply_sub is not None:
+                subs.append(self._reply_sub)
+            for s in subs:
+                with anyio.move_on_after(self._ack_timeout):
+                    await s.unsubscribe()
+            await self._transport.close(timeout=self._connect_timeout)
+        self._agent_subs.clear()
+        self._need_subs = set(self._agents)
+        for sub in self._subscriptions:
+            sub._transport_sub = None
+        self._inactive = list(self._subscriptions)
+        self._tg = None
+
+    def health(self) -> ComponentHealth:
+        st = self.stats
+        detail = (
+            f"{self._transport.name} transport, {len(self._agents) - 1} agents, "
+            f"{st.sent} sent, {st.published} published, {st.rejected} rejected, "
+            f"{st.dead_letters} dead letters"
+        )
+        if self._state != "running":
+            return ComponentHealth(status="down", detail=f"bus {self._state}; {detail}")
+        if not self._transport.connected:
+            return ComponentHealth(status="down", detail=f"transport disconnected; {detail}")
+        if self._audit_failures:
+            return ComponentHealth(
+                status="degraded", detail=f"{detail}; audit failed {self._audit_failures} times"
+            )
+        return ComponentHealth(status="ok", detail=detail)
+
+    async def __aenter__(self) -> Bus:
+        """Run the bus standalone (without a Runtime): ``async with Bus() as bus:``."""
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        try:
+            await self.start(tg)
+        except BaseException:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+            raise
+        self._own_tg = tg
+        return self
+
+    async def __aexit__(
+        self,
+        et: Optional[type[BaseException]],
+        ev: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> Optional[bool]:
+        tg, self._own_tg = self._own_tg, None
+        try:
+            await self.stop()
+        finally:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(et, ev, tb)
+        return None
+
+    def _require_running(self) -> None:
+        if self._state != "running":
+            raise RuntimeStateError(
+                f"the bus is {self._state}; start it (it runs inside symbi.Runtime, or "
+                "`async with Bus() as bus:`)"
+            )
+
+    async def _subscribe_pending(self) -> None:
+        if self._state != "running":
+            return
+        while self._need_subs:
+            agent = self._need_subs.pop()
+            if agent not in self._agents:
+                continue
+            t = self._transport
+            try:
+                subs = [
+                    await t.subscribe(
+                        self._subject("agent", agent),
+                        self._direct_handler(agent),
+                        timeout=self._connect_timeout,
+                    ),
+                    await t.subscribe(
+                        self._subject("keys", agent),
+                        self._keys_handler(agent),
+                        timeout=self._connect_timeout,
+                    ),
+                ]
+            except SymbiError:
+                self._need_subs.add(agent)
+                raise
+            self._agent_subs.setdefault(agent, []).extend(subs)
+        while self._inactive:
+            sub = self._inactive.pop()
+            if sub.active:
+                try:
+                    sub._transport_sub = await self._transport.subscribe(
+                        f"symbi.topic.{sub.pattern}",
+                        self._topic_handler(sub),
+                        timeout=self._connect_timeout,
+                    )
+                except BaseException:
+                    self._inactive.append(sub)
+                    raise
+
+    async def _subscribe_in_background(self) -> None:
+        """``_subscribe_pending`` in the runtime's task group: a failure is logged (and
+        retried by the next send or ``flush``), never raised into the task group."""
+        try:
+            with anyio.fail_after(self._connect_timeout * 2):
+                await self._subscribe_pending()
+        except Exception as e:
+            log.warning("the bus could not subscribe yet (will retry on next use): %r", e)
+
+    async def flush(self, *, timeout: float = 5.0) -> None:
+        """Wait until every registered agent and subscription is listening on the transport
+        (useful right after ``register_agent``/``subscribe`` over NATS)."""
+        check_timeout(timeout)
+        self._require_running()
+        with anyio.fail_after(timeout):
+            await self._subscribe_pending()
+            flush = getattr(self._transport, "flush", None)
+            if flush is not None:
+                await flush(timeout=timeout)
+
+    # ------------------------------------------------------------------ checks
+    def _sender_id(self, sender: Optional[str]) -> str:
+        if sender is None:
+            return self._runtime_id
+        self._check_agent_id(sender, "sender")
+        if sender not in self._agents:
+            raise InvalidArgument(
+                f"sender {sender!r} has no identity on this bus; register_agent() it first",
+                argument="sender",
+                expected="an agent registered on this bus",
+                got=sender,
+            )
+        return sender
+
+    @staticmethod
+    def _check_msg(msg: object) -> Message:
+        if not isinstance(msg, Message):
+            raise InvalidArgument(
+                f"messages are symbi.Message subclasses, got {type(msg).__name__}",
+                argument="msg",
+                expected="symbi.Message",
+                got=type(msg).__name__,
+            )
+        return msg
+
+    @staticmethod
+    def _check_labels(labels: object) -> list[str]:
+        if isinstance(labels, (str, bytes)) or not isinstance(labels, (list, tuple, set)):
+            raise InvalidArgument(
+                "labels is a sequence of data-label strings, e.g. ('pii',)",
+                argument="labels",
+                expected="Sequence[str]",
+                got=type(labels).__name__,
+            )
+        out = list(labels)
+        if not all(isinstance(x, str) for x in out):
+            raise InvalidArgument(
+                "every data label must be a str", argument="labels", expected="str", got=out
+            )
+        return out
+
+    def _record(self, event_type: str, agent_id: str, details: dict[str, Any]) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit.record(event_type, agent_id or "unknown", details)
+        except Exception:
+            self._audit_failures += 1
+            log.exception("the audit sink failed to record %s", event_type)
+
+    def _authorize(
+        self, principal: str, action: str, resource: str, ctype: str, labels: list[str]
+    ) -> Optional[float]:
+        """Ask the policy; returns a policy rate limit (msgs/s) when the decision has one."""
+        if self._policy is None:
+            return None
+        req = PolicyRequest(
+            principal=principal,
+            action=action,
+            resource=resource,
+            context={"message_type": ctype, "data_labels": labels},
+        )
+        try:
+            decision = self._policy.enforce(req)
+        except PolicyDenied:
+            self.stats.policy_denied += 1
+            raise
+        require = getattr(decision, "require", None)
+        if isinstance(require, dict) and "rate_limit" in require:
+            rate = require["rate_limit"]
+            if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+                return float(rate)
+            raise PolicyDenied(
+                f"policy requires rate_limit={rate!r}, which is not a positive number of "
+                "messages per second; fix the policy",
+                decision=decision,
+                request=req,
+            )
+        return None
+
+    async def _rate_limit(self, agent: str, policy_rate: Optional[float], deadline: float) -> None:
+        limit = self._limiter.limit_for(agent, policy_rate)
+        if limit is None:
+            return
+        wait = self._limiter.take(agent, limit)
+        if wait == 0.0:
+            return
+        self.stats.rate_limited += 1
+        self._record("bus.rate_limited", agent, {"rate": limit.rate, "retry_after": wait})
+        while wait > 0.0:
+            left = deadline - time.monotonic()
+            if self._rate_mode == "fail" or wait > left:
+                raise RateLimited(
+                    f"agent {agent!r} is over its rate limit of {limit.rate:g} messages/s; "
+                    f"retry after {wait:.3f}s"
+                    + (" (or raise the timeout)" if self._rate_mode == "wait" else ""),
+                    agent_id=agent,
+                    retry_after=wait,
+                )
+            await anyio.sleep(wait)
+            wait = self._limiter.take(agent, limit)
+
+    def _dead_letter(
+        self,
+        msg_id: str,
+        sender: str,
+        recipient: str,
+        msg: Optional[Message],
+        reason: str,
+        attempts: int,
+    ) -> None:
+        ctype = codec.type_name_of(msg) if msg is not None else ""
+        self._dead.append(
+            DeadLetter(
+                id=msg_id,
+                sender=sender,
+                recipient=recipient,
+                message_type=ctype,
+                reason=reason,
+                attempts=attempts,
+                timestamp=time.time(),
+                message=msg,
+            )
+        )
+        self.stats.dead_letters += 1
+        self._record(
+            "bus.dead_letter",
+            sender,
+            {"message_id": msg_id, "recipient": recipient, "type": ctype, "reason": reason},
+        )
+
+    def _check_size(self, payload: bytes) -> None:
+        if len(payload) > self._max_bytes:
+            raise InvalidArgument(
+                f"the encoded message is {len(payload)} bytes, over the bus limit of "
+                f"{self._max_bytes}; send a reference (a path, a key) instead, or raise "
+                "max_message_bytes",
+                argument="msg",
+                expected=f"<= {self._max_bytes} bytes encoded",
+                got=len(payload),
+            )
+
+    # ----------------------------------------------------------------- sealing
+    async def _seal(
+        self, sender: str, recipient: str, ctype: str, payload: bytes, topic: bool, deadline: float
+    ) -> bytes:
+        """Seal through the batcher: the first caller in a loop iteration leads, yields once
+        so concurrent senders can join, then seals everything queued with one
+        ``seal_batch`` per sender. Alone, it is one single-signed envelope."""
+        job = _SealJob(sender, recipient, ctype, payload, topic)
+        batch = self._batch
+        if batch is not None and len(batch.jobs) < self._max_batch:
+            batch.jobs.append(job)
+            # No timeout needed: the leader flushes on its very next step, and does so in a
+            # `finally` even when it is cancelled, so this wait lasts one loop iteration.
+            await batch.done.wait()
+        else:
+            batch = self._batch = _Batch()
+            batch.jobs.append(job)
+            try:
+                await anyio.lowlevel.checkpoint()
+            finally:
+                if self._batch is batch:
+                    self._batch = None
+                self._flush(batch)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _flush(self, batch: _Batch) -> None:
+        if batch.flushed:
+            return
+        batch.flushed = True
+        by_sender: dict[str, list[_SealJob]] = {}
+        for j in batch.jobs:
+            by_sender.setdefault(j.sender, []).append(j)
+        for sender, jobs in by_sender.items():
+            try:
+                if len(jobs) == 1:
+                    j = jobs[0]
+                    j.result = self._ring.seal(sender, j.recipient, j.ctype, j.payload, j.topic)
+                    self.stats.single_signed += 1
+                else:
+                    out = self._ring.seal_batch(
+                        sender, [(j.recipient, j.ctype, j.payload, j.topic) for j in jobs]
+                    )
+                    for j, env in zip(jobs, out):
+                        j.result = env
+                    self.stats.batches += 1
+                    self.stats.batched_messages += len(jobs)
+            except SymbiError:
+                # One bad item must not sink the others: seal them one by one.
+                for j in jobs:
+                    try:
+                        j.result = self._ring.seal(sender, j.recipient, j.ctype, j.payload, j.topic)
+                    except SymbiError as e:
+                        j.error = e
+        batch.done.set()
+
+    # ------------------------------------------------------------------ peers
+    async def _ensure_peer(self, agent: str, deadline: float, *, purpose: str) -> None:
+        """Know ``agent``'s public bundle: local, pinned, or looked up (then pinned)."""
+        if agent in self._peers:
+            return
+        self.stats.key_lookups += 1
+        left = deadline - time.monotonic()
+        try:
+            data = await self._transport.request(
+                self._subject("keys", agent), b"", timeout=max(min(left, self._ack_timeout), 0.001)
+            )
+        except DeliveryError as e:
+            raise DeliveryError(
+                f"unknown agent {agent!r}: no runtime on this bus answers for it ({e.reason}); "
+                "check the id, and that its runtime is running",
+                recipient=agent,
+                reason="unknown recipient",
+            ) from None
+        if len(data) != 64:
+            raise DeliveryError(
+                f"the key directory answered for {agent!r} with {len(data)} bytes, not a "
+                "64-byte bundle",
+                recipient=agent,
+                reason="unknown recipient",
+            )
+        if agent not in self._peers:  # a concurrent lookup may have pinned it
+            self._ring.add_peer(agent, data)
+            self._peers.add(agent)
+            self._record("bus.peer_pinned", agent, {"purpose": purpose})
+
+    # ------------------------------------------------------------------ direct
+    async def send(
+        self,
+        msg: Message,
+        *,
+        sender: Optional[str],
+        to: str,
+        timeout: float,
+        labels: Sequence[str] = (),
+    ) -> str:
+        """Seal ``msg`` for agent ``to`` and deliver it; returns the message id once the
+        recipient acknowledged that it is in its mailbox. Retries with backoff within
+        ``timeout``; the id deduplicates, so it takes effect once. Raises DeliveryError (and
+        dead-letters it) when it cannot be delivered, PolicyDenied, RateLimited,
+        InvalidArgument, or the recipient's SignatureError/DecryptError/ReplayError."""
+        msg_id, _ = await self._send(msg, sender, to, timeout, labels, want_reply=False)
+        return msg_id
+
+    async def request(
+        self,
+        msg: Message,
+        *,
+        sender: Optional[str],
+        to: str,
+        timeout: float,
+        labels: Sequence[str] = (),
+    ) -> Any:
+        """Send ``msg`` and return the handler's return value (a sealed reply); raises
+        RequestTimeout after ``timeout`` seconds in all, or the handler's exception (its
+        own object in-process, RemoteError across processes). Late replies are dropped and
+        counted (``stats.late_replies``)."""
+        _, pending = await self._send(msg, sender, to, timeout, labels, want_reply=True)
+        assert pending is not None
+        return pending
+
+    async def _send(
+        self,
+        msg: Message,
+        sender: Optional[str],
+        to: str,
+        timeout: float,
+        labels: Sequence[str],
+        *,
+        want_reply: bool,
+    ) -> tuple[str, Any]:
+        start = time.monotonic()
+        self._check_msg(msg)
+        timeout = check_timeout(timeout)
+        deadline = start + timeout
+        self._check_agent_id(to, "to")
+        label_list = self._check_labels(labels)
+        sid = self._sender_id(sender)
+        self._require_running()
+        if self._need_subs or self._inactive:
+            await self._subscribe_pending()
+        ctype = codec.type_name_of(msg)
+        policy_rate = self._authorize(sid, "send", to, ctype, label_list)
+        await self._rate_limit(sid, policy_rate, deadline)
+        corr = ""
+        reply_to = ""
+        pending: Optional[_Pending] = None
+        if want_reply:
+            corr = f"{next(self._corr):x}"
+            reply_to = f"symbi.reply.{self._bus_token}.{corr}"
+        payload = codec.encode_frame(
+            codec.KIND_REQUEST if want_reply else codec.KIND_MESSAGE,
+            msg,
+            corr=corr,
+            reply_to=reply_to,
+            timeout=max(deadline - time.monotonic(), 0.001),
+        )
+        self._check_size(payload)
+        try:
+            await self._ensure_peer(to, deadline, purpose="send")
+        except DeliveryError as e:
+            self._dead_letter("", sid, to, msg, e.reason or "unknown recipient", 0)
+            raise
+        env = await self._seal(sid, to, ctype, payload, False, deadline)
+        msg_id = env[6:22].hex()
+        if want_reply:
+            pending = _Pending(sid, to)
+            self._pending[corr] = pending
+            self.stats.requests += 1
+        try:
+            await self._deliver(to, env, msg_id, deadline, msg, sid)
+            self.stats.sent += 1
+            if pending is None:
+                return msg_id, None
+            left = deadline - time.monotonic()
+            with anyio.move_on_after(max(left, 0.0)):
+                await pending.done.wait()
+            if not pending.done.is_set():
+                self.stats.request_timeouts += 1
+                raise RequestTimeout(
+                    f"no reply from {to!r} within {timeout}s; the agent may be busy or slow; "
+                    "raise the timeout or check its state",
+                    recipient=to,
+                    timeout=timeout,
+                )
+            if pending.error is not None:
+                raise pending.error
+            return msg_id, pending.value
+        finally:
+            if want_reply:
+                self._pending.pop(corr, None)
+
+    async def _deliver(
+        self, to: str, env: bytes, msg_id: str, deadline: float, msg: Message, sender: str
+    ) -> None:
+        subject = self._subject("agent", to)
+        backoff = self._backoff
+        attempt = 0
+        while True:
+            attempt += 1
+            left = deadline - time.monotonic()
+            last = attempt >= self._retry_attempts
+            at = left if last else min(left, self._ack_timeout)
+            reason = "timeout"
+            if at > 0:
+                try:
+                    ack = await self._transport.request(subject, env, timeout=at)
+                except DeliveryError as e:
+                    reason = e.reason or "transport error"
+                    if reason == "too-large":
+                        self._dead_letter(msg_id, sender, to, msg, reason, attempt)
+                        raise
+                else:
+                    err = codec.decode_ack(ack, to)
+                    if err is None:
+                        return
+                    local = self._ack_errors.pop(msg_id, None)
+                    if local is not None:
+                        err = local  # type: ignore[assignment]
+                    if isinstance(err, DeliveryError):
+                        self._dead_letter(msg_id, sender, to, msg, err.reason or str(err), attempt)
+                    raise err
+            left = deadline - time.monotonic()
+            if last or left <= 0:
+                self._dead_letter(msg_id, sender, to, msg, f"retries exhausted: {reason}", attempt)
+                raise DeliveryError(
+                    f"message {msg_id} to {to!r} was not acknowledged after {attempt} "
+                    f"attempt(s) ({reason}); it is in the dead-letter queue",
+                    message_id=msg_id,
+                    recipient=to,
+                    reason=reason,
+                )
+            self.stats.retries += 1
+            await anyio.sleep(min(backoff, max(left / 2, 0.0)))
+            backoff = min(backoff * 2, self._backoff_max)
+
+    # --------------------------------------------------------------- receiving
+    def _direct_handler(self, agent: str) -> Callable[[Incoming], Awaitable[None]]:
+        async def handle(inc: Incoming) -> None:
+            ack = await self._on_direct(agent, inc.data)
+            await inc.respond(ack)
+
+        return handle
+
+    def _keys_handler(self, agent: str) -> Callable[[Incoming], Awaitable[None]]:
+        async def handle(inc: Incoming) -> None:
+            await self._on_keys(agent, inc)
+
+        return handle
+
+    def _topic_handler(self, sub: Subscription) -> Callable[[Incoming], Awaitable[None]]:
+        async def handle(inc: Incoming) -> None:
+            await self._on_topic(sub, inc.data)
+
+        return handle
+
+    def _reject(self, e: SymbiError, opener: str, data: bytes) -> None:
+        self.stats.rejected += 1
+        kind = {
+            SignatureError: "signature",
+            DecryptError: "decrypt",
+            ReplayError: "replay",
+        }.get(type(e), "invalid")
+        mid = getattr(e, "message_id", None)
+        self._record(
+            "bus.rejected",
+            opener,
+            {"reason": kind, "error": str(e), "message_id": mid, "bytes": len(data)},
+        )
+
+    async def _open(self, opener: str, data: bytes, *, audit: bool = True) -> tuple[Any, ...]:
+        """Verify, replay-check and decrypt; looks up an unknown sender's bundle once.
+        Security failures are audited and raised as their typed error."""
+        try:
+            try:
+                return self._ring.open(opener, data)
+            except InvalidArgument as e:
+                unknown = e.got if getattr(e, "argument", None) == "agent" else None
+                if not isinstance(unknown, str) or unknown == opener or unknown in self._peers:
+                    raise
+                try:
+                    await self._ensure_peer(
+                        unknown, time.monotonic() + self._ack_timeout, purpose="verify"
+                    )
+                except DeliveryError:
+                    raise SignatureError(
+                        f"message from unknown sender {unknown!r}: no key is known for it and "
+                        "no runtime answers for it; rejected",
+                        sender=unknown,
+                    ) from None
+                return self._ring.open(opener, data)
+        except (SignatureError, DecryptError, ReplayError) as e:
+            if audit:
+                self._reject(e, opener, data)
+            raise
+        except InvalidArgument as e:
+            err = SignatureError(f"envelope rejected: {e}")
+            self._reject(err, opener, data)
+            raise err from None
+
+    async def open(
+        self, data: Union[bytes, SecureMessage], *, recipient: str
+    ) -> tuple[Any, SecureMessage]:
+        """Open an envelope addressed to ``recipient`` (a local agent; for a topic envelope,
+        a subscriber): verify the signature, check freshness, decrypt, decode. Returns the
+        message and its metadata. Raises SignatureError, DecryptError (also for the wrong
+        recipient) or ReplayError (a replay or a stale timestamp); each is audited."""
+        if isinstance(data, SecureMessage):
+            data = data.to_wire()
+        if not isinstance(data, (bytes, bytearray)):
+            raise InvalidArgument(
+                "open takes envelope bytes or a SecureMessage",
+                argument="data",
+                expected="bytes | SecureMessage",
+                got=type(data).__name__,
+            )
+        data = bytes(data)
+        self._check_agent_id(recipient, "recipient")
+        if recipient not in self._agents:
+            raise InvalidArgument(
+                f"{recipient!r} has no identity on this bus",
+                argument="recipient",
+                expected="a registered agent",
+                got=recipient,
+            )
+        mid, _s, _r, _topic, _ts, ctype, payload, dup = await self._open(recipient, data)
+        if dup:
+            err = ReplayError(
+                f"message {mid} was already accepted; a replay is rejected", message_id=mid
+            )
+            self._reject(err, recipient, data)
+            raise err
+        frame = codec.decode_frame(payload)
+        return codec.decode_body(ctype, frame.body), SecureMessage.from_wire(data)
+
+    async def _on_direct(self, agent: str, data: bytes) -> bytes:
+        if agent not in self._agents:
+            return codec.encode_ack_error(
+                DeliveryError(f"agent {agent!r} left this bus", reason="unknown recipient"), ""
+            )
+        try:
+            mid, sender, _rcpt, is_topic, _ts, ctype, payload, dup = await self._open(agent, data)
+        except SymbiError as e:
+            return codec.encode_ack_error(e, str(getattr(e, "message_id", "") or ""))
+        if dup:
+            self.stats.duplicates += 1
+            prior = self._acks.get(mid)
+            if isinstance(prior, _Flight) and prior is not _NOT_APPLIED:
+                if prior.event is None:
+                    prior.event = anyio.Event()
+                with anyio.move_on_after(_MAX_DUP_WAIT):
+                    await prior.event.wait()
+                prior = self._acks.get(mid)
+            if prior is not _NOT_APPLIED:
+                return prior if isinstance(prior, bytes) else ACK_OK
+            # The first copy was cancelled before it took effect: this one delivers it.
+        flight = _Flight()
+        self._acks[mid] = flight
+        if len(self._acks) > _ACK_CACHE:
+            self._acks.popitem(last=False)
+        ack = ACK_OK
+        settled = False
+        try:
+            if is_topic:
+                raise DeliveryError(
+                    "a topic envelope arrived on an agent subject", reason="malformed payload"
+                )
+            frame = codec.decode_frame(payload)
+            if frame.kind not in (codec.KIND_MESSAGE, codec.KIND_REQUEST):
+                raise DeliveryError(
+                    f"unexpected frame kind {frame.kind} on an agent subject",
+                    reason="malformed payload",
+                )
+            msg = codec.decode_body(ctype, frame.body)
+            delivery = self._delivery
+            if delivery is None:
+                raise DeliveryError(
+                    f"agent {agent!r} has no local delivery on this bus (set_local_delivery)",
+                    recipient=agent,
+                    reason="no local delivery",
+                )
+            want = frame.kind == codec.KIND_REQUEST
+            wait = max(min(frame.timeout, _MAX_DUP_WAIT), 0.001)
+            local_sender = None if sender == self._runtime_id else sender
+            handle = await delivery.deliver(
+                msg, agent, sender=local_sender, timeout=wait, want_reply=want
+            )
+            settled = True
+            self.stats.delivered += 1
+            if want and self._tg is not None:
+                self._tg.start_soon(
+                    self._reply, handle, agent, sender, frame.corr, frame.reply_to, frame.timeout
+                )
+        except SymbiError as e:
+            settled = True
+            if isinstance(e, DeliveryError) and e.message_id is None:
+                e.message_id = mid
+            ack = codec.encode_ack_error(e, mid)
+            self._ack_errors[mid] = e
+            if len(self._ack_errors) > _MAX_ERRORS_KEPT:
+                self._ack_errors.popitem(last=False)
+        finally:
+            if self._acks.get(mid) is flight:
+                self._acks[mid] = ack if settled else _NOT_APPLIED
+            if flight.event is not None:
+                flight.event.set()
+        return ack
+
+    async def _reply(
+        self,
+        handle: Any,
+        agent: str,
+        requester: str,
+        corr: str,
+        reply_to: str,
+        timeout: float,
+    ) -> None:
+        delivery = self._delivery
+        if delivery is None or not reply_to:
+            return
+        try:
+            # Wait past the requester's deadline (up to handler_timeout): a late reply is
+            # still sent, so the requester can drop and count it.
+            wait = max(timeout, self._handler_timeout)
+            value = await delivery.wait_reply(handle, recipient=agent, timeout=wait)
+            ctype = codec.type_name_of(value) if isinstance(value, Message) else codec.ANY_TYPE
+            payload = codec.encode_frame(codec.KIND_REPLY, value, corr=corr)
+            self._check_size(payload)
+        except RequestTimeout:
+            return  # the requester times out on its own
+        except Exception as e:
+            if reply_to.startswith(f"symbi.reply.{self._bus_token}."):
+                # The requester is on this bus: hand it the exception object itself.
+                self._ack_errors[f"reply:{corr}"] = e
+            ctype = codec.ERROR_TYPE
+            payload = codec.encode_frame(codec.KIND_REPLY_ERROR, codec.describe_error(e), corr=corr)
+        try:
+            await self._ensure_peer(
+                requester, time.monotonic() + self._ack_timeout, purpose="reply"
+            )
+            env = self._ring.seal(agent, requester, ctype, payload, False)
+            await self._transport.publish(reply_to, env, timeout=self._ack_timeout)
+            self.stats.replies += 1
+        except SymbiError as e:
+            log.warning("could not send the reply of %s to %s: %s", agent, requester, e)
+
+    async def _on_reply(self, inc: Incoming) -> None:
+        corr = inc.subject.rsplit(".", 1)[-1]
+        pending = self._pending.get(corr)
+        if pending is None or pending.done.is_set():
+            self.stats.late_replies += 1
+            return
+        try:
+            _mid, sender, _r, is_topic, _ts, ctype, payload, dup = await self._open(
+                pending.requester, inc.data
+            )
+            frame = codec.decode_frame(payload)
+            if dup or is_topic or sender != pending.recipient or frame.corr != corr:
+                raise SignatureError(
+                    f"a reply on {inc.subject} does not belong to the request it claims "
+                    f"(from {sender!r}); dropped",
+                    sender=sender,
+                )
+            if frame.kind == codec.KIND_REPLY:
+                pending.value = codec.decode_body(ctype, frame.body)
+            else:
+                local = self._ack_errors.pop(f"reply:{corr}", None)
+                if local is not None:
+                    pending.error = local
+                else:
+                    info = codec.decode_body(codec.ANY_TYPE, frame.body)
+                    pending.error = RemoteError(
+                        f"the handler of {pending.recipient!r} raised "
+                        f"{info.get('type')}: {info.get('message')}",
+                        error_type=str(info.get("type")),
+                        recipient=pending.recipient,
+                    )
+        except SymbiError as e:
+            if not isinstance(e, (SignatureError, DecryptError, ReplayError)):
+                self._reject(e, pending.requester, inc.data)
+            return  # a forged or broken reply never completes the request
+        pending.done.set()
+
+    # -------------------------------------------------------------- pub / sub
+    async def publish(
+        self,
+        topic: str,
+        msg: Message,
+        *,
+        sender: Optional[str],
+        timeout: float,
+        labels: Sequence[str] = (),
+    ) -> str:
+        """Seal ``msg`` under ``topic``'s group key and publish it to every subscriber
+        whose pattern matches; returns the message id. Raises PolicyDenied, RateLimited,
+        InvalidArgument, or DeliveryError when the transport is down."""
+        start = time.monotonic()
+        validate_topic(topic)
+        self._check_msg(msg)
+        timeout = check_timeout(timeout)
+        deadline = start + timeout
+        label_list = self._check_labels(labels)
+        sid = self._sender_id(sender)
+        self._require_running()
+        if self._need_subs or self._inactive:
+            await self._subscribe_pending()
+        ctype = codec.type_name_of(msg)
+        policy_rate = self._authorize(sid, "publish", topic, ctype, label_list)
+        await self._rate_limit(sid, policy_rate, deadline)
+        payload = codec.encode_frame(codec.KIND_MESSAGE, msg)
+        self._check_size(payload)
+        env = await self._seal(sid, topic, ctype, payload, True, deadline)
+        msg_id = env[6:22].hex()
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise DeliveryError("timed out before publishing", reason="timeout")
+            await self._transport.publish(f"symbi.topic.{topic}", env, timeout=left)
+        except (DeliveryError, TimeoutError) as e:
+            reason = getattr(e, "reason", None) or "timeout"
+            self._dead_letter(msg_id, sid, topic, msg, reason, 1)
+            raise DeliveryError(
+                f"could not publish {msg_id} on {topic!r} ({reason}); it is in the "
+                "dead-letter queue",
+                message_id=msg_id,
+                recipient=topic,
+                reason=reason,
+            ) from None
+        self.stats.published += 1
+        return msg_id
+
+    def subscribe(self, pattern: str, handler: TopicHandler, *, subscriber: str) -> Subscription:
+        """Call ``await handler(msg, meta)`` for every message published on a topic matching
+        ``pattern`` (``*`` one token, ``>`` the rest). ``subscriber`` is a registered agent;
+        the policy must allow it to ``subscribe`` to the pattern. Handlers run in the bus's
+        task group, each bounded by ``handler_timeout``."""
+        validate_pattern(pattern)
+        if not callable(handler):
+            raise InvalidArgument(
+                "handler must be an async function (msg, meta) -> None",
+                argument="handler",
+                expected="async callable",
+                got=type(handler).__name__,
+            )
+        self._check_agent_id(subscriber, "subscriber")
+        if subscriber not in self._agents:
+            raise InvalidArgument(
+                f"subscriber {subscriber!r} has no identity on this bus; register_agent() it",
+                argument="subscriber",
+                expected="a registered agent",
+                got=subscriber,
+            )
+        self._authorize(subscriber, "subscribe", pattern, "", [])
+        sub = Subscription(self, pattern, handler, subscriber)
+        self._subscriptions.add(sub)
+        self._inactive.append(sub)
+        if self._state == "running" and self._tg is not None:
+            self._tg.start_soon(self._subscribe_in_background)
+        return sub
+
+    async def _on_topic(self, sub: Subscription, data: bytes) -> None:
+        if not sub.active:
+            return
+        opener = sub.subscriber
+        try:
+            try:
+                opened = await self._open(opener, data, audit=False)
+            except DecryptError as e:
+                # Possibly a group key this runtime has not learnt yet: ask the publisher.
+                if not await self._learn_topic_key(opener, data):
+                    self._reject(e, opener, data)
+                    raise
+                opened = await self._open(opener, data)
+            _mid, _s, _r, is_topic, _ts, ctype, payload, dup = opened
+            if dup:
+                self.stats.duplicates += 1
+                return
+            if not is_topic:
+                raise DeliveryError("a direct envelope on a topic subject", reason="malformed")
+            frame = codec.decode_frame(payload)
+            msg = codec.decode_body(ctype, frame.body)
+            meta = SecureMessage.from_wire(data)
+        except SymbiError as e:
+            if not isinstance(e, (SignatureError, DecryptError, ReplayError)):
+                self._reject(e, opener, data)
+            return
+        sub.received += 1
+        self.stats.topic_deliveries += 1
+        if self._tg is not None:
+            self._tg.start_soon(self._run_handler, sub, msg, meta)
+
+    async def _run_handler(self, sub: Subscription, msg: Any, meta: SecureMessage) -> None:
+        try:
+            with anyio.fail_after(self._handler_timeout):
+                await sub.handler(msg, meta)
+        except Exception:
+            self.stats.handler_errors += 1
+            log.exception("topic handler of %s for %r failed", sub.subscriber, sub.pattern)
+
+    async def _learn_topic_key(self, opener: str, data: bytes) -> bool:
+        """Fetch an unknown topic group key from the publishing agent, sealed for
+        ``opener``. True when a new key was learnt."""
+        try:
+            meta = SecureMessage.from_wire(data)
+        except SymbiError:
+            return False
+        if meta.kind != "topic" or self._ring.has_topic_key(meta.recipient, meta.recipient_key_id):
+            return False
+        publisher = meta.sender
+        if publisher not in self._peers:
+            return False
+        try:
+            req = codec.encode_frame(
+                codec.KIND_KEY_REQUEST, [meta.recipient, meta.recipient_key_id]
+            )
+            env = self._ring.seal(opener, publisher, codec.KEY_REQUEST_TYPE, req, False)
+            answer = await self._transport.request(
+                self._subject("keys", publisher), env, timeout=self._ack_timeout
+            )
+            if not answer:
+                raise DeliveryError(f"{publisher!r} refused the topic key", reason="refused")
+            _m, sender, _r, _t, _ts, ctype, payload, _dup = await self._open(opener, answer)
+            frame = codec.decode_frame(payload)
+            key = codec.decode_body(codec.ANY_TYPE, frame.body)
+            if (
+                sender != publisher
+                or ctype != codec.KEY_RESPONSE_TYPE
+                or frame.kind != codec.KIND_KEY_RESPONSE
+                or not isinstance(key, bytes)
+            ):
+                raise SignatureError("a malformed topic-key answer", sender=sender)
+            kid = self._ring.add_topic_key(meta.recipient, key)
+            if kid != meta.recipient_key_id:
+                raise DecryptError(f"{publisher!r} answered with another topic key")
+        except SymbiError as e:
+            log.warning("could not learn the key of topic %r: %s", meta.recipient, e)
+            return False
+        self._record(
+            "bus.topic_key_learnt", opener, {"topic": meta.recipient, "publisher": publisher}
+        )
+        return True
+
+    async def _on_keys(self, agent: str, inc: Incoming) -> None:
+        """The key directory: an empty request gets ``agent``'s public bundle; a sealed
+        topic-key request from an agent the policy lets subscribe gets the group key,
+        sealed for that agent."""
+        if agent not in self._agents:
+            await inc.respond(b"")  # unregistered meanwhile
+            return
+        if not inc.data:
+            await inc.respond(self._ring.bundle(agent))
+            return
+        answer = b""
+        try:
+            _m, requester, _r, is_topic, _ts, ctype, payload, _dup = await self._open(
+                agent, inc.data
+            )
+            frame = codec.decode_frame(payload)
+            body = codec.decode_body(codec.ANY_TYPE, frame.body)
+            if (
+                is_topic
+                or ctype != codec.KEY_REQUEST_TYPE
+                or frame.kind != codec.KIND_KEY_REQUEST
+                or not isinstance(body, list)
+                or len(body) != 2
+            ):
+                raise SignatureError("a malformed topic-key request", sender=requester)
+            topic, kid = body
+            validate_topic(topic)
+            if self._ring.topic_key_id(topic) != kid:
+                raise DecryptError(f"no current key {kid!r} for topic {topic!r} here")
+            self._authorize(requester, "subscribe", topic, "", [])
+            key = self._ring.topic_key(topic)
+            resp = codec.encode_frame(codec.KIND_KEY_RESPONSE, key)
+            answer = self._ring.seal(agent, requester, codec.KEY_RESPONSE_TYPE, resp, False)
+            self._record("bus.topic_key_shared", agent, {"topic": topic, "to": requester})
+        except SymbiError as e:
+            log.warning("refused a topic-key request to %s: %s", agent, e)
+        await inc.respond(answer)

@@ -1,0 +1,242 @@
+"""Transports move sealed envelopes between buses; they never see plaintext.
+
+A transport offers NATS semantics on byte payloads: ``publish`` (fire and forget, to
+every matching subscriber), ``request`` (to one responder, waiting for its answer: the
+bus uses it for acks), and ``subscribe`` with ``*``/``>`` wildcards. :class:`InProcTransport`
+does this inside one process; :class:`symbi.bus.nats.NatsTransport` over a NATS server.
+
+Failures raise :class:`~symbi.errors.DeliveryError` with ``reason`` one of
+``"no-responders"`` (nobody subscribes to the subject), ``"timeout"`` (no answer in
+time), ``"disconnected"`` (the transport is closed or lost its server) or
+``"too-large"``; the bus retries the transient ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable
+from typing import Callable, Optional, Protocol, runtime_checkable
+
+import anyio
+
+from ..errors import DeliveryError, InvalidArgument
+from .topics import topic_matches
+
+__all__ = [
+    "Handler",
+    "InProcTransport",
+    "Incoming",
+    "Transport",
+    "TransportSubscription",
+    "check_timeout",
+]
+
+
+def check_timeout(timeout: object, argument: str = "timeout") -> float:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not (timeout > 0 and math.isfinite(timeout))
+    ):
+        raise InvalidArgument(
+            f"{argument} must be a positive, finite number of seconds, got {timeout!r}",
+            argument=argument,
+            expected="> 0 seconds",
+            got=timeout,
+        )
+    return float(timeout)
+
+
+class Incoming:
+    """A message a subscription received. ``respond`` answers a ``request`` (once)."""
+
+    __slots__ = ("_responder", "data", "subject")
+
+    def __init__(
+        self,
+        subject: str,
+        data: bytes,
+        responder: Optional[Callable[[bytes], Awaitable[None]]] = None,
+    ) -> None:
+        self.subject = subject
+        self.data = data
+        self._responder = responder
+
+    @property
+    def wants_response(self) -> bool:
+        return self._responder is not None
+
+    async def respond(self, data: bytes) -> None:
+        r, self._responder = self._responder, None
+        if r is not None:
+            await r(data)
+
+
+Handler = Callable[[Incoming], Awaitable[None]]
+
+
+@runtime_checkable
+class TransportSubscription(Protocol):
+    @property
+    def subject(self) -> str: ...
+
+    async def unsubscribe(self) -> None: ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Byte-level messaging with NATS semantics. Every call is bounded by ``timeout``."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def max_payload(self) -> int: ...
+
+    async def connect(self, *, timeout: float) -> None: ...
+
+    async def close(self, *, timeout: float) -> None: ...
+
+    async def publish(self, subject: str, data: bytes, *, timeout: float) -> None: ...
+
+    async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes: ...
+
+    async def subscribe(
+        self, subject: str, handler: Handler, *, timeout: float
+    ) -> TransportSubscription: ...
+
+
+class _InProcSub:
+    __slots__ = ("_transport", "handler", "subject", "wild")
+
+    def __init__(self, transport: InProcTransport, subject: str, handler: Handler) -> None:
+        self._transport = transport
+        self.subject = subject
+        self.handler = handler
+        self.wild = "*" in subject or ">" in subject
+
+    async def unsubscribe(self) -> None:
+        self._transport._remove(self)
+
+
+class InProcTransport:
+    """In-process delivery. Handlers run in the caller's task, bounded by its timeout, so
+    a direct send is a few function calls; bytes are passed, never objects, so what an
+    agent receives is exactly what was sealed. The default transport of a Bus."""
+
+    name = "inproc"
+
+    def __init__(self, *, max_payload: int = 16 * 1024 * 1024) -> None:
+        if isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload < 1:
+            raise InvalidArgument(
+                "max_payload must be a positive int (bytes)",
+                argument="max_payload",
+                expected="int >= 1",
+                got=max_payload,
+            )
+        self._max_payload = max_payload
+        self._exact: dict[str, list[_InProcSub]] = {}
+        self._wild: list[_InProcSub] = []
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def max_payload(self) -> int:
+        return self._max_payload
+
+    async def connect(self, *, timeout: float) -> None:
+        check_timeout(timeout)
+        self._connected = True
+
+    async def close(self, *, timeout: float) -> None:
+        self._connected = False
+
+    def _remove(self, sub: _InProcSub) -> None:
+        if sub.wild:
+            if sub in self._wild:
+                self._wild.remove(sub)
+        else:
+            subs = self._exact.get(sub.subject)
+            if subs and sub in subs:
+                subs.remove(sub)
+                if not subs:
+                    del self._exact[sub.subject]
+
+    def _matching(self, subject: str) -> list[_InProcSub]:
+        subs = list(self._exact.get(subject, ()))
+        if self._wild:
+            subs.extend(s for s in self._wild if topic_matches(s.subject, subject))
+        return subs
+
+    def _check(self, subject: str, data: bytes) -> None:
+        if not self._connected:
+            raise DeliveryError(
+                f"the {self.name} transport is not connected; start the bus first",
+                recipient=subject,
+                reason="disconnected",
+            )
+        if len(data) > self._max_payload:
+            raise DeliveryError(
+                f"{len(data)} bytes is over the transport's {self._max_payload} byte limit",
+                recipient=subject,
+                reason="too-large",
+            )
+
+    async def publish(self, subject: str, data: bytes, *, timeout: float) -> None:
+        # Subscriber handlers run inline and must bound their own awaits (the bus's do:
+        # they open the envelope synchronously and hand user handlers to a task group), so
+        # a publish costs no cancel scope; ``timeout`` bounds transports that do network
+        # I/O.
+        if not self._connected or len(data) > self._max_payload:
+            self._check(subject, data)
+        subs = self._exact.get(subject)
+        if subs is not None and not self._wild:
+            if len(subs) == 1:  # the common case: no copy of the list
+                await subs[0].handler(Incoming(subject, data))
+                return
+            for s in tuple(subs):
+                await s.handler(Incoming(subject, data))
+            return
+        for s in self._matching(subject):
+            await s.handler(Incoming(subject, data))
+
+    async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:
+        self._check(subject, data)
+        subs = self._matching(subject)
+        if not subs:
+            raise DeliveryError(
+                f"nobody listens on {subject!r}", recipient=subject, reason="no-responders"
+            )
+        box: list[bytes] = []
+
+        async def respond(answer: bytes) -> None:
+            box.append(answer)
+
+        try:
+            with anyio.fail_after(timeout):
+                await subs[0].handler(Incoming(subject, data, respond))
+        except TimeoutError:
+            raise DeliveryError(
+                f"no answer on {subject!r} within {timeout}s", recipient=subject, reason="timeout"
+            ) from None
+        if not box:
+            raise DeliveryError(
+                f"the responder on {subject!r} did not answer", recipient=subject, reason="timeout"
+            )
+        return box[0]
+
+    async def subscribe(
+        self, subject: str, handler: Handler, *, timeout: float
+    ) -> TransportSubscription:
+        sub = _InProcSub(self, subject, handler)
+        if sub.wild:
+            self._wild.append(sub)
+        else:
+            self._exact.setdefault(subject, []).append(sub)
+        return sub

@@ -1,0 +1,135 @@
+"""Two buses — two key rings sharing only public bundles, as two processes would —
+talking through a real nats-server: direct, request/response and pub/sub, then the server
+dies and every call fails with a typed error within its timeout."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Optional
+
+import anyio
+import pytest
+
+import symbi
+from symbi.bus import Bus, MailboxDelivery, NatsTransport, SecureMessage
+from symbi.errors import DeliveryError, RemoteError, RequestTimeout
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+
+class Order(symbi.Message):
+    item: str
+    qty: int
+
+
+@asynccontextmanager
+async def node(url: str, agents: list[str]) -> AsyncIterator[tuple[Bus, dict[str, list[Any]]]]:
+    inbox: dict[str, list[Any]] = {a: [] for a in agents}
+    async with anyio.create_task_group() as tg:
+        d = MailboxDelivery()
+        d.bind(tg)
+        bus = Bus(
+            transport=NatsTransport(url, reconnect_attempts=2, reconnect_wait=0.1), ack_timeout=0.5
+        )
+        bus.set_local_delivery(d)
+        for a in agents:
+            bus.register_agent(a)
+
+            async def fn(msg: Any, sender: Optional[str], a: str = a) -> Any:
+                inbox[a].append((msg, sender))
+                if isinstance(msg, Order) and msg.qty < 0:
+                    raise ValueError("negative quantity")
+                return Order(item=msg.item, qty=msg.qty * 2)
+
+            d.add_agent(a, fn)
+        try:
+            async with bus:
+                await bus.flush(timeout=5)
+                yield bus, inbox
+        finally:
+            d.close()
+            tg.cancel_scope.cancel()
+
+
+async def test_two_runtimes_exchange_sealed_messages(nats_server: Any) -> None:
+    async with AsyncExitStack() as stack:
+        a, _ = await stack.enter_async_context(node(nats_server.url, ["alice"]))
+        b, b_inbox = await stack.enter_async_context(node(nats_server.url, ["bob"]))
+        with pytest.raises(symbi.errors.InvalidArgument):
+            a.bundle("bob")  # nothing shared up front
+
+        mid = await a.send(Order(item="widget", qty=3), sender="alice", to="bob", timeout=5)
+        assert b_inbox["bob"] and b_inbox["bob"][0] == (Order(item="widget", qty=3), "alice")
+        assert a.bundle("bob") == b.bundle("bob")  # pinned on first use
+        assert len(mid) == 32 and a.stats.key_lookups == 1 and b.stats.key_lookups == 1
+
+        reply = await a.request(Order(item="bolt", qty=5), sender="alice", to="bob", timeout=5)
+        assert reply == Order(item="bolt", qty=10)
+        with pytest.raises(RemoteError, match="negative quantity") as ei:
+            await a.request(Order(item="bolt", qty=-1), sender="alice", to="bob", timeout=5)
+        assert ei.value.error_type == "builtins.ValueError"
+        # the runtime itself (sender=None) can talk to remote agents too
+        assert await b.request(Order(item="r", qty=1), sender=None, to="alice", timeout=5) == Order(
+            item="r", qty=2
+        )
+
+        got: list[tuple[Order, SecureMessage]] = []
+
+        async def on_event(msg: Order, meta: SecureMessage) -> None:
+            got.append((msg, meta))
+
+        b.subscribe("orders.>", on_event, subscriber="bob")
+        await b.flush(timeout=5)
+        await a.publish("orders.created.eu", Order(item="gear", qty=1), sender="alice", timeout=5)
+        with anyio.fail_after(5):
+            while not got:
+                await anyio.sleep(0.01)
+        msg, meta = got[0]
+        assert msg == Order(item="gear", qty=1)
+        assert meta.sender == "alice" and meta.kind == "topic"
+        assert meta.recipient == "orders.created.eu"
+        assert b"gear" not in meta.wire
+
+
+async def test_request_timeout_across_nats(nats_server: Any) -> None:
+    async with AsyncExitStack() as stack:
+        a, _ = await stack.enter_async_context(node(nats_server.url, ["alice"]))
+        b, _ = await stack.enter_async_context(node(nats_server.url, ["bob"]))
+        b.set_local_delivery(_Slow())
+        with pytest.raises(RequestTimeout):
+            await a.request(Order(item="x", qty=1), sender="alice", to="bob", timeout=0.5)
+
+
+class _Slow:
+    async def deliver(
+        self, msg: Any, to: str, *, sender: Optional[str], timeout: float, want_reply: bool
+    ) -> Any:
+        return object()
+
+    async def wait_reply(self, handle: Any, *, recipient: str, timeout: float) -> Any:
+        await anyio.sleep(min(timeout, 1.0))
+        raise RequestTimeout("slow", recipient=recipient, timeout=timeout)
+
+
+async def test_killing_the_server_fails_fast_with_typed_errors(nats_server: Any) -> None:
+    async with AsyncExitStack() as stack:
+        a, _ = await stack.enter_async_context(node(nats_server.url, ["alice"]))
+        _b, b_inbox = await stack.enter_async_context(node(nats_server.url, ["bob"]))
+        await a.send(Order(item="before", qty=1), sender="alice", to="bob", timeout=5)
+        assert len(b_inbox["bob"]) == 1
+        nats_server.kill()
+        start = anyio.current_time()
+        with pytest.raises(DeliveryError) as ei:
+            await a.send(Order(item="after", qty=1), sender="alice", to="bob", timeout=1.0)
+        assert anyio.current_time() - start < 2.0
+        assert ei.value.recipient == "bob"
+        assert a.dead_letters and a.dead_letters[-1].recipient == "bob"
+        start = anyio.current_time()
+        with pytest.raises((DeliveryError, RequestTimeout)):
+            await a.request(Order(item="after", qty=1), sender="alice", to="bob", timeout=1.0)
+        with pytest.raises(DeliveryError):
+            await a.publish("orders.x", Order(item="after", qty=1), sender="alice", timeout=1.0)
+        assert anyio.current_time() - start < 3.0
+        assert a.health().status == "down"
+        assert len(b_inbox["bob"]) == 1
