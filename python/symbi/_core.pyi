@@ -136,6 +136,9 @@ class AuditStore:
     def append_batch(
         self, items: Sequence[tuple[str, str, bytes, int]]
     ) -> list[_AuditEventTuple]: ...
+    def commit_batch(
+        self, items: Sequence[tuple[str, str, bytes, int]]
+    ) -> tuple[int, bytes, str, list[str], list[bytes], list[bytes]]: ...
     def query(
         self,
         *,

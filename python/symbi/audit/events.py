@@ -65,6 +65,31 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
             key_id=kid,
         )
 
+    @classmethod
+    def _from_batch(
+        cls,
+        result: tuple[int, bytes, str, list[str], list[bytes], list[bytes]],
+        item: tuple[str, str, bytes, int],
+        i: int,
+    ) -> AuditEvent:
+        """Event ``i`` of a group commit: ``result`` is what the store returned for the
+        batch (first sequence, previous head, key id, event ids, chain hashes,
+        signatures) and ``item`` what was handed in (agent, type, details JSON, time)."""
+        first, prev, kid, ids, chains, sigs = result
+        agent, etype, details, ts = item
+        return cls(
+            event_id=ids[i],
+            timestamp=ts,
+            agent_id=agent,
+            event_type=etype,
+            details=_decode_details(details),
+            sequence=first + i,
+            prev_hash=chains[i - 1] if i else prev,
+            chain_hash=chains[i],
+            signature=sigs[i],
+            key_id=kid,
+        )
+
 
 class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     """A signed RFC 6962 Merkle tree head over the chain hashes of the first ``size``

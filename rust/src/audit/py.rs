@@ -9,7 +9,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use super::chain::{self, Hash};
-use super::store::{self, Checkpoint, Filter, NewEvent, Options, Store, StoredEvent};
+use super::store::{
+    self, Checkpoint, Committed, Filter, NewEvent, Options, Store, StoredEvent, Tail,
+};
 use super::{event, keys, merkle, AuditError};
 
 fn slices<'a>(items: &'a [Bound<'_, PyBytes>]) -> Vec<&'a [u8]> {
@@ -127,10 +129,31 @@ fn hash_arg(field: &'static str, b: &[u8]) -> Result<Hash, AuditError> {
         .map_err(|_| bad(field, format!("must be 32 bytes, got {}", b.len())))
 }
 
+/// What `commit_batch` returns: `(first_seq, prev_hash, key_id, event_ids, chain_hashes,
+/// signatures)`; event `i` is number `first_seq + i` and chains to `chain_hashes[i - 1]`
+/// (`prev_hash` for the first).
+type CommittedTuple<'py> = (
+    u64,
+    Bound<'py, PyBytes>,
+    String,
+    Vec<String>,
+    Vec<Bound<'py, PyBytes>>,
+    Vec<Bound<'py, PyBytes>>,
+);
+
 /// The durable audit store (or an in-memory one when `path` is None).
+///
+/// Appends are pipelined: a batch is prepared (numbered, chained, signed) under the `tail`
+/// lock, then the `inner` (store) lock is taken *before* the tail lock is released, and the
+/// batch is written and fdatasync'd under it. So the next batch can be signed while this one
+/// syncs, and batches reach the disk in the order they were numbered. Lock order is always
+/// tail, then inner.
 #[pyclass(module = "symbi._core", frozen)]
 pub struct AuditStore {
     inner: Mutex<Store>,
+    /// Where the next batch continues the chain; None until the first append, and again
+    /// after a failed commit (it is then re-read from the store).
+    tail: Mutex<Option<Tail>>,
     path: Option<String>,
 }
 
@@ -138,6 +161,42 @@ impl AuditStore {
     fn lock(&self) -> MutexGuard<'_, Store> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn lock_tail(&self) -> MutexGuard<'_, Option<Tail>> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Prepare and commit one batch through the pipeline (call with the GIL released).
+    fn pipeline(&self, items: &[NewEvent]) -> Result<Committed, AuditError> {
+        let mut tail = self.lock_tail();
+        let t = match tail.as_mut() {
+            Some(t) => t,
+            None => tail.insert(self.lock().tail()?),
+        };
+        let prepared = t.prepare(items)?;
+        let mut store = self.lock();
+        drop(tail);
+        let res = store.commit(prepared);
+        drop(store);
+        if res.is_err() {
+            // Batches prepared after this one no longer continue the durable trail: their
+            // commits are refused unwritten, and the next append re-reads the tail.
+            *self.lock_tail() = None;
+        }
+        res
+    }
+}
+
+fn new_events<'py>(items: Vec<(String, String, Bound<'py, PyBytes>, i64)>) -> Vec<NewEvent> {
+    items
+        .into_iter()
+        .map(|(agent_id, event_type, details, timestamp_ns)| NewEvent {
+            agent_id,
+            event_type,
+            details: details.as_bytes().to_vec(),
+            timestamp_ns,
+        })
+        .collect()
 }
 
 #[pymethods]
@@ -163,6 +222,7 @@ impl AuditStore {
         };
         Ok(AuditStore {
             inner: Mutex::new(store),
+            tail: Mutex::new(None),
             path: path.map(|p| p.display().to_string()),
         })
     }
@@ -172,19 +232,35 @@ impl AuditStore {
     fn append_batch<'py>(
         &self,
         py: Python<'py>,
-        items: Vec<(String, String, Vec<u8>, i64)>,
+        items: Vec<(String, String, Bound<'py, PyBytes>, i64)>,
     ) -> PyResult<Vec<EventTuple<'py>>> {
-        let items: Vec<NewEvent> = items
-            .into_iter()
-            .map(|(agent_id, event_type, details, timestamp_ns)| NewEvent {
-                agent_id,
-                event_type,
-                details,
-                timestamp_ns,
-            })
-            .collect();
-        let out = py.detach(|| self.lock().append_batch(&items))?;
+        let items = new_events(items);
+        let out = py.detach(|| self.pipeline(&items).map(|c| c.stored(&items)))?;
         Ok(out.iter().map(|e| event_tuple(py, e)).collect())
+    }
+
+    /// Append `(agent_id, event_type, details_json, timestamp_ns)` items as one durable
+    /// group commit and return only what the caller does not have yet:
+    /// `(first_seq, prev_hash, key_id, event_ids, chain_hashes, signatures)`. Safe to call
+    /// from several threads at once: the next batch is signed while this one syncs.
+    fn commit_batch<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<(String, String, Bound<'py, PyBytes>, i64)>,
+    ) -> PyResult<CommittedTuple<'py>> {
+        let items = new_events(items);
+        let c = py.detach(|| self.pipeline(&items))?;
+        Ok((
+            c.first_seq,
+            PyBytes::new(py, &c.prev),
+            c.key_id.clone(),
+            c.events.iter().map(|e| event::uuid_str(&e.id)).collect(),
+            c.events
+                .iter()
+                .map(|e| PyBytes::new(py, &e.chain))
+                .collect(),
+            c.events.iter().map(|e| PyBytes::new(py, &e.sig)).collect(),
+        ))
     }
 
     #[pyo3(signature = (*, agent=None, event_type=None, since_ns=None, until_ns=None, after_seq=None, limit=None))]

@@ -1301,6 +1301,46 @@ mod tests {
     }
 
     #[test]
+    fn pipelined_batches_commit_in_prepare_order_only() {
+        let d = tmp();
+        let opts = Options {
+            segment_bytes: 4096,
+            checkpoint_every: 5,
+        };
+        let mut s = Store::open(&d, opts.clone()).unwrap();
+        let mut tail = s.tail().unwrap();
+        let a = tail.prepare(&batch(0..7)).unwrap();
+        let b = tail.prepare(&batch(7..20)).unwrap();
+        let c = tail.prepare(&batch(20..21)).unwrap();
+        assert_eq!(tail.next_seq(), 21);
+        // Out of order: refused, nothing written, the store still works.
+        let err = s.commit(b).unwrap_err();
+        assert!(matches!(err, AuditError::BadInput { field: "batch", .. }));
+        assert_eq!(s.next_seq(), 0);
+        let ca = s.commit(a).unwrap();
+        assert_eq!((ca.first_seq, ca.prev, ca.events.len()), (0, GENESIS, 7));
+        // `c` was prepared on top of the refused `b`: refused as well.
+        assert!(s.commit(c).is_err());
+        let mut tail = s.tail().unwrap();
+        let b = tail.prepare(&batch(7..20)).unwrap();
+        let cb = s.commit(b).unwrap();
+        assert_eq!(cb.first_seq, 7);
+        assert_eq!(cb.prev, ca.events[6].chain);
+        let stored = cb.stored(&batch(7..20));
+        assert_eq!(stored[0].prev, ca.events[6].chain);
+        assert_eq!(stored[1].prev, stored[0].chain);
+        assert_eq!(stored[12].details, b"{\"i\":19}");
+        s.close().unwrap();
+        let (cks, _) = read_checkpoints(&d).unwrap();
+        let vk = keys::load_public(&d).unwrap();
+        let rep = verify(&dir_source(&d).unwrap(), &vk, &cks, false).unwrap();
+        assert_eq!(rep.events, 20);
+        assert_eq!(rep.head, cb.events[12].chain);
+        assert_eq!(cks.iter().filter(|c| c.size % 5 == 0).count(), 4);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn dir_store_survives_reopen_and_rolls_segments() {
         let d = tmp();
         let opts = Options {
