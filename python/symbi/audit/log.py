@@ -246,7 +246,7 @@ def _threadsafe_caller() -> Callable[[Callable[[], object]], object]:
     try:
         return asyncio.get_running_loop().call_soon_threadsafe
     except RuntimeError:  # not asyncio: anyio's other backend is trio
-        import trio  # type: ignore[import-untyped,unused-ignore]
+        import trio  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         token = trio.lowlevel.current_trio_token()
         run_sync_soon: Callable[[Callable[[], object]], object] = token.run_sync_soon
