@@ -237,6 +237,12 @@ class NatsTransport:
         nc = self._client("flush")
         try:
             with anyio.fail_after(timeout):
+                # nats-py 2.16 writes the PING straight to the socket, ahead of commands
+                # still in its pending buffer, so a PONG no longer proves our SUBs reached
+                # the server. Drain that buffer first (private API, guarded), then ping.
+                drain = getattr(nc, "_flush_pending", None)
+                if drain is not None and nc.is_connected:
+                    await drain(force_flush=True)
                 await nc.flush(timeout=timeout)
         except Exception as e:
             raise DeliveryError(
