@@ -5,11 +5,20 @@ The public API is what ``__all__`` lists; ``symbi._core`` (the Rust extension) i
 
 from __future__ import annotations
 
-from . import context, dsl, embed, errors, rag, sync
+from . import bus, context, dsl, embed, errors, rag, sync
 from ._core import __version__
 from .agent import Agent, Context, handler
+from .bus import Bus, DeadLetter, SecureMessage, Subscription
 from .components import Component, ComponentHealth, HealthStatus, Housekeeper
-from .config import Config, ContextConfig, McpConfig, RuntimeConfig, SecurityConfig, parse_size
+from .config import (
+    BusConfig,
+    Config,
+    ContextConfig,
+    McpConfig,
+    RuntimeConfig,
+    SecurityConfig,
+    parse_size,
+)
 from .context import ContextId, ContextItem, ContextManager, KnowledgeItem
 from .embed import Embedder, HashingEmbedder, HttpEmbedder, MiniLMEmbedder
 from .errors import SymbiError
@@ -38,6 +47,8 @@ __all__ = [
     "Allow",
     "AllowWithConditions",
     "Answer",
+    "Bus",
+    "BusConfig",
     "Component",
     "ComponentHealth",
     "Config",
@@ -46,6 +57,7 @@ __all__ = [
     "ContextId",
     "ContextItem",
     "ContextManager",
+    "DeadLetter",
     "Decision",
     "Deny",
     "Document",
@@ -69,13 +81,16 @@ __all__ = [
     "ResourceLimits",
     "Runtime",
     "RuntimeConfig",
+    "SecureMessage",
     "SecurityConfig",
     "SpawnError",
+    "Subscription",
     "SymbiError",
     "SystemStatus",
     "VectorIndex",
     "VectorStore",
     "__version__",
+    "bus",
     "context",
     "dsl",
     "embed",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, TypeVar
 
 from .errors import InvalidArgument
@@ -95,11 +95,30 @@ class Context:
         self._account = account
         self._runtime = runtime
 
-    async def send(self, msg: Message, *, to: str, timeout: float = 5.0) -> None:
-        await self._runtime.send(msg, to=to, timeout=timeout, sender=self.agent_id)
+    async def send(
+        self, msg: Message, *, to: str, timeout: float = 5.0, labels: Sequence[str] = ()
+    ) -> str:
+        """Send ``msg`` to agent ``to`` as this agent (signed with its key, encrypted for
+        the recipient, policy-checked with ``labels``); returns the message id."""
+        return await self._runtime.send(  # type: ignore[no-any-return]
+            msg, to=to, timeout=timeout, sender=self.agent_id, labels=labels
+        )
 
-    async def request(self, to: str, msg: Message, *, timeout: float = 5.0) -> Any:
-        return await self._runtime.request(to, msg, timeout=timeout, sender=self.agent_id)
+    async def request(
+        self, to: str, msg: Message, *, timeout: float = 5.0, labels: Sequence[str] = ()
+    ) -> Any:
+        """Send ``msg`` as this agent and wait for the recipient handler's return value."""
+        return await self._runtime.request(
+            to, msg, timeout=timeout, sender=self.agent_id, labels=labels
+        )
+
+    async def publish(
+        self, topic: str, msg: Message, *, timeout: float = 5.0, labels: Sequence[str] = ()
+    ) -> str:
+        """Publish ``msg`` on ``topic`` as this agent; returns the message id."""
+        return await self._runtime.publish(  # type: ignore[no-any-return]
+            topic, msg, timeout=timeout, sender=self.agent_id, labels=labels
+        )
 
     @property
     def memory(self) -> Any:

@@ -36,6 +36,7 @@ else:  # pragma: no cover - exercised on 3.9/3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "BusConfig",
     "Config",
     "ContextConfig",
     "McpConfig",
@@ -167,6 +168,35 @@ class McpConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True)
     max_concurrent_connections: Annotated[int, Meta(ge=1, le=100_000)] = 100
 
 
+class BusConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """``[bus]``: the secure message bus. In process unless ``nats_url`` is set."""
+
+    #: A NATS server (``nats://host:4222``) to span processes or machines; unset keeps
+    #: the bus in process. Required when ``runtime.mode = "distributed"``.
+    nats_url: Optional[str] = None
+    #: The connection name shown by the NATS server's monitoring.
+    client_name: str = "symbi"
+    #: One delivery attempt waits this long for the recipient's ack before retrying.
+    ack_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 1.0
+    retry_attempts: Annotated[int, Meta(ge=1, le=1000)] = 5
+    #: Messages per second each agent may send (None: unlimited unless a policy says so).
+    rate_limit: Optional[Annotated[float, Meta(gt=0)]] = None
+    #: Past its rate limit a sender waits for a token (within its timeout) or fails at once.
+    rate_limit_mode: Literal["wait", "fail"] = "wait"
+    #: Envelopes older (or further in the future) than this are rejected as replays.
+    replay_window_s: Annotated[float, Meta(gt=0, le=86_400)] = 30.0
+    max_message_bytes: Annotated[int, Meta(ge=64, le=64 * 1024 * 1024)] = 1024 * 1024
+    #: Upper bound for one topic handler call, and how long a reply may come late.
+    handler_timeout_s: Annotated[float, Meta(gt=0, le=86_400)] = 30.0
+
+    def __post_init__(self) -> None:
+        url = self.nats_url
+        if url is not None and not re.match(r"^(nats|tls|ws|wss)://\S+$", url):
+            raise ValueError(
+                f"`nats_url`: must be a URL such as nats://127.0.0.1:4222, got {url!r}"
+            )
+
+
 # Env var -> (section, key) for the named shortcuts.
 _NAMED_ENV = {
     "SYMBI_LOG_LEVEL": ("runtime", "log_level"),
@@ -175,6 +205,7 @@ _NAMED_ENV = {
     "SYMBI_AUDIT_STORAGE": ("security", "audit_storage"),
     "QDRANT_URL": ("context", "vector_db_url"),
     "MCP_SERVER_DISCOVERY": ("mcp", "discovery_enabled"),
+    "SYMBI_NATS_URL": ("bus", "nats_url"),
 }
 # Spellings people use that mean one canonical value.
 _NORMALIZE: dict[tuple[str, str], Callable[[str], str]] = {
@@ -187,9 +218,10 @@ _NORMALIZE: dict[tuple[str, str], Callable[[str], str]] = {
         v.lower(), v.lower()
     ),
     ("mcp", "tool_verification"): lambda v: v.lower(),
+    ("bus", "rate_limit_mode"): lambda v: v.lower(),
 }
 _AT_RE = re.compile(r"^(?P<detail>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-_FIELD_RE = re.compile(r"^`(?P<field>\w+)`: (?P<detail>.*)$", re.S)
+_FIELD_RE = re.compile(r"^`(?P<field>[\w.]+)`: (?P<detail>.*)$", re.S)
 _UNKNOWN_RE = re.compile(r"unknown field `(?P<field>[^`]+)`")
 
 
@@ -200,6 +232,14 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     context: ContextConfig = msgspec.field(default_factory=ContextConfig)
     mcp: McpConfig = msgspec.field(default_factory=McpConfig)
+    bus: BusConfig = msgspec.field(default_factory=BusConfig)
+
+    def __post_init__(self) -> None:
+        if self.runtime.mode == "distributed" and self.bus.nats_url is None:
+            raise ValueError(
+                "`runtime.mode`: 'distributed' needs [bus] nats_url (or SYMBI_NATS_URL), "
+                "e.g. nats://127.0.0.1:4222"
+            )
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -375,6 +415,9 @@ def _config_error(text: str, source: str, origin: Mapping[tuple[str, str], str])
     if field and len(parts) == 1:  # raised by a section's __post_init__
         parts.append(field.group("field"))
         detail = field.group("detail")
+    elif field and not parts and "." in field.group("field"):  # Config.__post_init__
+        parts = field.group("field").split(".")
+        detail = field.group("detail")
     if detail.startswith("Invalid enum value") and len(parts) == 2:
         choices = _choices(parts[0], parts[1])
         if choices:
@@ -394,6 +437,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "security": SecurityConfig,
     "context": ContextConfig,
     "mcp": McpConfig,
+    "bus": BusConfig,
 }
 
 

@@ -10,12 +10,14 @@ again when the scheduler places it (Suspended -> Running).
 
 Enforcement points wired here: agent creation and resource requests (policy engine),
 execution timeouts, CPU share, memory caps and I/O buckets (resource manager), and
-lifecycle transitions (audited).
+lifecycle transitions (audited). Messages reach the host only through the secure bus
+(``symbi.bus``): it checks the policy, seals, verifies and opens every message, then calls
+:meth:`AgentHost.deliver`; each agent gets its bus identity at spawn and loses it at
+terminate.
 """
 
 from __future__ import annotations
 
-import heapq
 import inspect
 import itertools
 import logging
@@ -33,6 +35,7 @@ from anyio.abc import TaskGroup
 
 from .agent import Agent, Context, FunctionAgent
 from .components import ComponentHealth
+from .deadlines import Deadlines
 from .errors import (
     DeliveryError,
     IllegalTransition,
@@ -54,6 +57,29 @@ log = logging.getLogger("symbi.agents")
 
 AgentFactory = Union[type[Agent], Agent, Callable[[Any, Context], Awaitable[Any]]]
 OnTimeout = Literal["ready", "suspend"]
+
+
+class MessageBus(Protocol):
+    """What the host needs of the bus (:class:`symbi.bus.Bus`)."""
+
+    stats: Any
+
+    def register_agent(self, agent_id: str) -> bytes: ...
+
+    def unregister_agent(self, agent_id: str) -> None: ...
+
+    def subscribe(self, pattern: str, handler: Any, *, subscriber: str) -> Any: ...
+
+    def record_dead_letter(
+        self,
+        msg: Optional[Message],
+        *,
+        sender: Optional[str],
+        recipient: str,
+        reason: str,
+        message_id: str = "",
+        attempts: int = 0,
+    ) -> None: ...
 
 
 class Enforcer(Protocol):
@@ -103,13 +129,30 @@ class SystemStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Reply:
-    __slots__ = ("done", "error", "timed_out", "value")
+    """The outcome of one request: a waiter (``wait_reply``) or a callback (the bus's
+    ``on_reply``, no task per request) learns it when ``finish`` is called."""
+
+    __slots__ = ("callback", "done", "error", "timed_out", "value")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.value: Any = None
         self.error: Optional[BaseException] = None
         self.timed_out = False
+        self.callback: Optional[Callable[[Any, Optional[BaseException]], None]] = None
+
+    def finish(self) -> None:
+        self.done.set()
+        cb, self.callback = self.callback, None
+        if cb is not None:
+            try:
+                cb(self.value, self.error)
+            except Exception:
+                log.exception("a reply callback failed")
+
+    def expire(self) -> None:
+        self.timed_out = True
+        self.done.set()
 
 
 class _Envelope:
@@ -158,6 +201,8 @@ class _Record:
 
 
 _PRIORITY_NAMES = {p.name.lower(): p for p in Priority}
+#: How long a topic copy waits for space in a full mailbox before it is dead-lettered.
+_TOPIC_DELIVERY_S = 5.0
 
 
 def _priority(value: Any) -> Priority:
@@ -199,47 +244,6 @@ def default_slots(workers: int) -> list[Slot]:
     return [Slot(id=f"worker-{i}", memory_mb=total_mb / n, cpu_cores=1.0) for i in range(n)]
 
 
-class _Deadlines:
-    """Request timeouts without a cancel scope per request: one watchdog task sleeps until
-    the earliest deadline and wakes the requests whose time is up. A cancel scope with a
-    deadline costs more than the rest of a short request, so sharing one matters."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Reply]] = []
-        self._seq = itertools.count()
-        self._wake = anyio.Event()
-        self.expired = 0
-
-    def add(self, deadline: float, reply: _Reply) -> None:
-        entry = (deadline, next(self._seq), reply)
-        heapq.heappush(self._heap, entry)
-        if self._heap[0] is entry:
-            self._wake.set()  # a new earliest deadline: the watchdog must re-arm
-        elif len(self._heap) % 65_536 == 0:
-            self._compact()
-
-    def _compact(self) -> None:
-        # Answered requests leave their entries behind; drop them in bulk.
-        self._heap = [e for e in self._heap if not e[2].done.is_set()]
-        heapq.heapify(self._heap)
-
-    async def run(self) -> None:
-        while True:
-            now = anyio.current_time()
-            while self._heap and self._heap[0][0] <= now:
-                _, _, reply = heapq.heappop(self._heap)
-                if not reply.done.is_set():
-                    reply.timed_out = True
-                    self.expired += 1
-                    reply.done.set()
-            self._wake = anyio.Event()
-            if self._heap:
-                with anyio.move_on_after(self._heap[0][0] - now):
-                    await self._wake.wait()
-            else:
-                await self._wake.wait()
-
-
 class AgentHost:
     """The runtime component that owns agents (``name = "agents"``)."""
 
@@ -251,6 +255,7 @@ class AgentHost:
         max_agents: int,
         mailbox_size: int,
         scheduler: Scheduler,
+        bus: MessageBus,
         policy: Optional[Enforcer] = None,
         audit: Optional[AuditSink] = None,
         full_mailbox: Literal["wait", "fail"] = "wait",
@@ -267,12 +272,11 @@ class AgentHost:
         self._by_task: dict[int, _Record] = {}
         self._task_ids = itertools.count(1)
         self._tg: Optional[TaskGroup] = None
-        self._dead: deque[tuple[str, str, str]] = deque(maxlen=10_000)
-        self._dead_count = 0
+        self._bus = bus
         self._completed = 0
         self._late_replies = 0
         self._stopping = False
-        self._deadlines = _Deadlines()
+        self._deadlines = Deadlines()
         if audit is not None:
             self.lifecycle.subscribe(self._audit_transition)
 
@@ -324,6 +328,7 @@ class AgentHost:
         sandbox: Optional[str] = None,
         security: Optional[str] = None,
         memory: Optional[str] = None,
+        topics: Iterable[str] = (),
     ) -> AgentHandle:
         if self._tg is None:
             raise RuntimeStateError("spawn needs a running runtime: `async with symbi.Runtime()`")
@@ -336,6 +341,14 @@ class AgentHost:
                 argument="capabilities",
                 expected="iterable of str",
                 got=caps,
+            )
+        patterns = [topics] if isinstance(topics, str) else list(topics)
+        if not all(isinstance(t, str) and t for t in patterns):
+            raise InvalidArgument(
+                "topics must be topic patterns such as 'orders.>'",
+                argument="topics",
+                expected="iterable of str",
+                got=patterns,
             )
         if on_timeout not in ("ready", "suspend"):
             raise InvalidArgument(
@@ -414,6 +427,23 @@ class AgentHost:
         self.lifecycle.register(agent_id)
         self._agents[agent_id] = rec
         self._by_name[name] = agent_id
+        # Its bus identity (Ed25519 + X25519 keys, held in Rust), then its topics; each
+        # subscription is policy-checked, and a refusal fails the spawn as a whole.
+        self._bus.register_agent(agent_id)
+        try:
+            for pattern in patterns:
+                self._bus.subscribe(pattern, self._topic_inbox(agent_id), subscriber=agent_id)
+        except BaseException:
+            self._bus.unregister_agent(agent_id)
+            self.lifecycle.transition(agent_id, AgentState.FAILED, "topic subscription refused")
+            self.lifecycle.transition(agent_id, AgentState.TERMINATED, "spawn failed")
+            self.lifecycle.forget(agent_id)
+            del self._agents[agent_id]
+            self._by_name.pop(name, None)
+            for pid in policy_ids:
+                with suppress(SymbiError):
+                    self._policy.remove(pid)  # type: ignore[union-attr]
+            raise
         self._record(
             "agent.spawn",
             agent_id,
@@ -493,6 +523,47 @@ class AgentHost:
             got=type(agent).__name__,
         )
 
+    def _topic_inbox(self, agent_id: str) -> Callable[[Any, Any], Awaitable[None]]:
+        """A bus topic handler that queues each opened copy in ``agent_id``'s mailbox; a
+        copy it cannot take (full, no handler, terminated) is dead-lettered."""
+
+        async def inbox(msg: Any, meta: Any) -> None:
+            try:
+                await self.deliver(
+                    msg, agent_id, sender=meta.sender, timeout=_TOPIC_DELIVERY_S, want_reply=False
+                )
+            except DeliveryError as e:
+                self._bus.record_dead_letter(
+                    msg,
+                    sender=meta.sender,
+                    recipient=agent_id,
+                    reason=f"topic {meta.recipient}: {e.reason or e}",
+                    message_id=meta.id,
+                    attempts=1,
+                )
+
+        return inbox
+
+    def describe(self, agent_id: str) -> Optional[dict[str, Any]]:
+        """A local agent's attributes for policy conditions (``principal.attrs.name``,
+        ``resource.attrs.capabilities``); None for an id that is not one of ours."""
+        rec = self._agents.get(agent_id)
+        if rec is None:
+            return None
+        return {
+            "name": rec.name,
+            "kind": "agent",
+            "capabilities": list(rec.capabilities),
+            "priority": rec.priority.name.lower(),
+        }
+
+    def resolve(self, ref: str) -> str:
+        """The id of a local agent named or identified by ``ref``; else ``ref`` itself
+        (an agent on another runtime of the bus, or unknown: the bus decides)."""
+        if ref in self._agents:
+            return ref
+        return self._by_name.get(ref, ref)
+
     # ---------------------------------------------------------------- lookups
     def _rec(self, ref: str) -> _Record:
         rec = self._agents.get(ref)
@@ -516,16 +587,6 @@ class AgentHost:
         return [r.handle for r in self._agents.values()]
 
     # -------------------------------------------------------------- messaging
-    def _dead_letter(self, rec_id: str, msg: Message, reason: str) -> None:
-        self._dead.append((rec_id, type(msg).__name__, reason))
-        self._dead_count += 1
-        self._record("message.dead_letter", rec_id, {"type": type(msg).__name__, "reason": reason})
-
-    @property
-    def dead_letters(self) -> list[tuple[str, str, str]]:
-        """(recipient, message type, reason) of undeliverable messages, newest last."""
-        return list(self._dead)
-
     async def deliver(
         self,
         msg: Message,
@@ -551,15 +612,14 @@ class AgentHost:
             )
         rec = self._rec(to)
         state = self.lifecycle.state(rec.id)
+        # A refusal raises to the bus, which dead-letters it and tells the sender.
         if state in (AgentState.TERMINATED, AgentState.FAILED):
-            self._dead_letter(rec.id, msg, f"recipient is {state.value}")
             raise DeliveryError(
                 f"agent {rec.name!r} is {state.value}; the message is in the dead-letter queue",
                 recipient=rec.id,
                 reason=state.value,
             )
         if rec.agent.resolve(msg) is None:
-            self._dead_letter(rec.id, msg, "no handler")
             raise DeliveryError(
                 f"agent {rec.name!r} has no handler for {type(msg).__name__}; the message is "
                 "in the dead-letter queue",
@@ -740,7 +800,7 @@ class AgentHost:
                 self._late_replies += 1
             else:
                 env.reply.value, env.reply.error = value, error
-                env.reply.done.set()
+                env.reply.finish()
         elif error is not None and outcome == "error":
             log.error("agent %s failed handling %s: %r", rec.name, type(env.msg).__name__, error)
         suspend = outcome == "limit" or (outcome == "timeout" and rec.on_timeout == "suspend")
@@ -758,6 +818,17 @@ class AgentHost:
             self.scheduler.complete(tid)
         self._submit(rec, pump=False)
         return self._pump(inline=rec)
+
+    def on_reply(
+        self, reply: _Reply, callback: Callable[[Any, Optional[BaseException]], None]
+    ) -> None:
+        """Call ``callback(value, error)`` once the request behind ``reply`` is handled
+        (at once if it already was). The bus sends replies this way, without a task per
+        request."""
+        if reply.done.is_set():
+            callback(reply.value, reply.error)
+        else:
+            reply.callback = callback
 
     async def wait_reply(
         self, reply: _Reply, *, recipient: str, timeout: float, total: Optional[float] = None
@@ -825,18 +896,24 @@ class AgentHost:
         rec.mailbox.clear()
         rec.running = None
         for env in pending:
-            self._dead_letter(rec.id, env.msg, f"recipient terminated: {reason}")
+            self._bus.record_dead_letter(
+                env.msg,
+                sender=env.sender,
+                recipient=rec.id,
+                reason=f"recipient terminated: {reason}",
+            )
             if env.reply is not None:
                 env.reply.error = DeliveryError(
                     f"agent {rec.name!r} was terminated ({reason}) before handling the message",
                     recipient=rec.id,
                     reason="terminated",
                 )
-                env.reply.done.set()
+                env.reply.finish()
         if rec.space is not None:
             rec.space.set()
         self._by_name.pop(rec.name, None)
         del self._agents[rec.id]
+        self._bus.unregister_agent(rec.id)
         if self._policy is not None:
             for pid in rec.handle.policy_ids:
                 with suppress(SymbiError):  # already removed by the application
@@ -853,10 +930,11 @@ class AgentHost:
             agents=self.lifecycle.counts(),
             scheduler=self.scheduler.status(),
             mailbox_depth=sum(len(r.mailbox) for r in self._agents.values()),
-            dead_letters=self._dead_count,
+            dead_letters=int(self._bus.stats.dead_letters),
             tasks_completed=self._completed,
-            late_replies=self._late_replies,
-            request_timeouts=self._deadlines.expired,
+            # Requests are the bus's: it times them out and drops (counts) late replies.
+            late_replies=int(self._bus.stats.late_replies) + self._late_replies,
+            request_timeouts=int(self._bus.stats.request_timeouts) + self._deadlines.expired,
         )
 
     # Set by the runtime: what a handler's Context uses to send and request.

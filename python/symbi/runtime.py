@@ -6,21 +6,29 @@
 Entering starts every component in order; leaving stops them in reverse order, giving
 them ``runtime.shutdown_grace_s`` seconds in all before whatever is left is cancelled.
 Shutdown is shielded, so it completes even when the enclosing task is being cancelled.
+
+Every message goes through the secure bus (``rt.bus``): ``send``, ``request``,
+``publish`` and topic subscriptions are policy-checked and rate-limited, each payload is
+AES-256-GCM encrypted for its recipient and Ed25519-signed by its sender, and opened
+(verified, replay-checked, decrypted) before it reaches the recipient's mailbox. In
+process by default; over NATS with ``[bus] nats_url``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from types import TracebackType
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
 import anyio
 from anyio.abc import TaskGroup
 
 from . import _core
 from .audit import AuditLog
+from .bus import Bus, DeadLetter, SecureMessage, Subscription
+from .bus.transport import InProcTransport, Transport
 from .components import Component, ComponentHealth, HealthStatus, Housekeeper
 from .config import Config
 from .context import ContextManager
@@ -59,7 +67,11 @@ class Runtime:
         *,
         components: Sequence[Component] = (),
         start_timeout: float = START_TIMEOUT_S,
+        transport: Optional[Transport] = None,
     ) -> None:
+        """``components`` are extra components started after the built-in ones;
+        ``transport`` replaces the bus transport chosen by ``[bus]`` (any
+        :class:`symbi.bus.Transport`)."""
         if config is None:
             config = Config()
         if not isinstance(config, Config):
@@ -87,6 +99,19 @@ class Runtime:
             enforce_policies=config.security.enforce_policies, audit_sink=self.audit
         )
         rc = config.runtime
+        #: Carries every message, sealed (signed + encrypted) and policy-checked.
+        self.bus = Bus(
+            policy=self.policy,
+            audit=self.audit,
+            transport=transport if transport is not None else _transport(config),
+            ack_timeout=config.bus.ack_timeout_s,
+            retry_attempts=config.bus.retry_attempts,
+            default_rate_limit=config.bus.rate_limit,
+            rate_limit_mode=config.bus.rate_limit_mode,
+            replay_window_s=config.bus.replay_window_s,
+            max_message_bytes=config.bus.max_message_bytes,
+            handler_timeout=config.bus.handler_timeout_s,
+        )
         #: Decides which agent runs next and where (Rust core).
         self.scheduler = Scheduler(
             default_slots(rc.scheduler_threads),
@@ -99,11 +124,14 @@ class Runtime:
             max_agents=rc.max_concurrent_agents,
             mailbox_size=rc.message_buffer_size,
             scheduler=self.scheduler,
+            bus=self.bus,
             policy=self.policy,
             audit=self.audit,
             full_mailbox=rc.full_mailbox,
         )
         self._host._runtime_api = self
+        self.bus.set_local_delivery(self._host)
+        self.bus.set_directory(self._host.describe)
         if config.security.baseline_policy:
             self.policy.register(BASELINE_POLICY)
         #: Agent memory and shared knowledge; every shared read/write is policy-checked.
@@ -119,6 +147,7 @@ class Runtime:
             self.policy,
             self.context,
             self._host,
+            self.bus,  # last: it stops first, so no message arrives for a stopping host
         ]
         if self.audit is not None:  # first, so it starts first and stops (flushes) last
             self._components.insert(0, self.audit)
@@ -198,25 +227,86 @@ class Runtime:
         self._require_running()
         return await self._host.spawn(agent, **spec)
 
+    def _sender(self, sender: Optional[str]) -> Optional[str]:
+        return None if sender is None else self._host.resolve(sender)
+
     async def send(
-        self, msg: Message, *, to: str, timeout: float = 5.0, sender: Optional[str] = None
-    ) -> None:
-        """Queue ``msg`` for agent ``to`` (id or name). Waits up to ``timeout`` for mailbox
-        space; raises DeliveryError when it cannot be delivered (and dead-letters it)."""
+        self,
+        msg: Message,
+        *,
+        to: str,
+        timeout: float = 5.0,
+        sender: Optional[str] = None,
+        labels: Sequence[str] = (),
+    ) -> str:
+        """Seal ``msg`` for agent ``to`` (id or name; or an agent of another runtime on
+        the same NATS bus) and deliver it; returns the message id once it is in the
+        recipient's mailbox. ``sender`` is an agent (None: the runtime itself); ``labels``
+        are data labels for data-flow policies (``context.data_labels``). Retries within
+        ``timeout``; raises PolicyDenied, RateLimited, or DeliveryError (the message is
+        then in ``rt.dead_letters``)."""
         self._require_running()
-        await self._host.deliver(msg, to, sender=sender, timeout=timeout, want_reply=False)
+        return await self.bus.send(
+            msg,
+            sender=self._sender(sender),
+            to=self._host.resolve(to),
+            timeout=timeout,
+            labels=labels,
+        )
 
     async def request(
-        self, to: str, msg: Message, *, timeout: float = 5.0, sender: Optional[str] = None
+        self,
+        to: str,
+        msg: Message,
+        *,
+        timeout: float = 5.0,
+        sender: Optional[str] = None,
+        labels: Sequence[str] = (),
     ) -> Any:
-        """Send ``msg`` and wait for the handler's return value; RequestTimeout after
-        ``timeout`` seconds. The handler's exception, if any, is raised here."""
+        """Send ``msg`` and wait for the handler's return value (sealed back to the
+        sender); RequestTimeout after ``timeout`` seconds in all. The handler's exception,
+        if any, is raised here (RemoteError when it ran in another process)."""
         self._require_running()
-        start = time.monotonic()
-        reply = await self._host.deliver(msg, to, sender=sender, timeout=timeout, want_reply=True)
-        assert reply is not None
-        left = max(0.0, timeout - (time.monotonic() - start))
-        return await self._host.wait_reply(reply, recipient=to, timeout=left, total=timeout)
+        return await self.bus.request(
+            msg,
+            sender=self._sender(sender),
+            to=self._host.resolve(to),
+            timeout=timeout,
+            labels=labels,
+        )
+
+    async def publish(
+        self,
+        topic: str,
+        msg: Message,
+        *,
+        timeout: float = 5.0,
+        sender: Optional[str] = None,
+        labels: Sequence[str] = (),
+    ) -> str:
+        """Publish ``msg`` on ``topic`` (dot-separated tokens), sealed under the topic's
+        group key, to every subscription whose pattern matches; returns the message id."""
+        self._require_running()
+        return await self.bus.publish(
+            topic, msg, sender=self._sender(sender), timeout=timeout, labels=labels
+        )
+
+    def subscribe(
+        self,
+        pattern: str,
+        target: Union[str, Callable[[Any, SecureMessage], Awaitable[None]]],
+    ) -> Subscription:
+        """Follow topics matching ``pattern`` (``*`` one token, ``>`` the rest).
+        ``target`` is an agent (id or name: each message lands in its mailbox and goes to
+        the handler for its type), or ``async fn(msg, meta)`` run by the runtime itself.
+        The policy must allow the subscriber to ``subscribe``. ``await
+        sub.unsubscribe()`` ends it; an agent's subscriptions end when it terminates."""
+        self._require_running()
+        if isinstance(target, str):
+            agent = self._host.resolve(target)
+            self._host.state(agent)  # DeliveryError for an unknown agent
+            return self.bus.subscribe(pattern, self._host._topic_inbox(agent), subscriber=agent)
+        return self.bus.subscribe(pattern, target, subscriber=self.bus.runtime_id)
 
     def state_of(self, agent: str) -> AgentState:
         return self._host.state(agent)
@@ -236,8 +326,10 @@ class Runtime:
         await self._host.terminate(agent, reason)
 
     @property
-    def dead_letters(self) -> list[tuple[str, str, str]]:
-        return self._host.dead_letters
+    def dead_letters(self) -> list[DeadLetter]:
+        """Messages that could not be delivered or handled, newest last (kept in memory,
+        each also an audit event)."""
+        return self.bus.dead_letters
 
     def status(self) -> SystemStatus:
         """Agents by state, scheduler queues, utilisation and decision latency."""
@@ -344,3 +436,12 @@ class Runtime:
         if failures and exc is None:
             raise failures[0]
         return None
+
+
+def _transport(config: Config) -> Transport:
+    """In process unless ``[bus] nats_url`` is set (Config requires it in distributed mode)."""
+    if config.bus.nats_url is None:
+        return InProcTransport()
+    from .bus.nats import NatsTransport
+
+    return NatsTransport(config.bus.nats_url, name=config.bus.client_name)

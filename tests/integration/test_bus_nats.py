@@ -133,3 +133,40 @@ async def test_killing_the_server_fails_fast_with_typed_errors(nats_server: Any)
         assert anyio.current_time() - start < 3.0
         assert a.health().status == "down"
         assert len(b_inbox["bob"]) == 1
+
+
+class Doubler(symbi.Agent):
+    @symbi.handler
+    async def on_order(self, msg: Order, ctx: symbi.Context) -> Order:
+        return Order(item=msg.item, qty=msg.qty * 2)
+
+
+class Caller(symbi.Agent):
+    """Asks an agent of the other runtime, as itself; the id comes in the message."""
+
+    @symbi.handler
+    async def on_order(self, msg: Order, ctx: symbi.Context) -> Order:
+        reply = await ctx.request(msg.item, Order(item="via-caller", qty=msg.qty), timeout=5)
+        assert isinstance(reply, Order)
+        return reply
+
+
+async def test_two_runtimes_configured_for_nats_talk_agent_to_agent(nats_server: Any) -> None:
+    cfg = symbi.Config.from_dict(
+        {"runtime": {"mode": "distributed"}, "bus": {"nats_url": nats_server.url}}
+    )
+    async with symbi.Runtime(cfg) as left, symbi.Runtime(cfg) as right:
+        assert left.bus.transport.name == "nats"
+        doubler = await right.spawn(Doubler, name="doubler")
+        caller = await left.spawn(Caller, name="caller")
+        await right.bus.flush(timeout=5)
+        await left.bus.flush(timeout=5)
+        # the runtime asks its own agent, which asks the other runtime's agent by id
+        got = await left.request("caller", Order(item=doubler.id, qty=21), timeout=10)
+        assert got == Order(item="via-caller", qty=42)
+        assert left.bus.stats.key_lookups >= 1  # the doubler's key came from the directory
+        assert right.bus.bundle(caller.id) == left.bus.bundle(caller.id)  # pinned on use
+        # an id that no runtime on the bus answers for is dead-lettered, not lost
+        with pytest.raises(DeliveryError):
+            await left.send(Order(item="x", qty=1), to="nobody-here", timeout=2)
+        assert left.dead_letters[-1].recipient == "nobody-here"

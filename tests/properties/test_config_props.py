@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from symbi import Config, ContextConfig, McpConfig, RuntimeConfig, SecurityConfig
+from symbi import BusConfig, Config, ContextConfig, McpConfig, RuntimeConfig, SecurityConfig
 from symbi.audit import GENESIS, chain_hashes, verify_chain
-from symbi.errors import AuditIntegrityError
+from symbi.errors import AuditIntegrityError, ConfigError
 
 sizes = st.one_of(
     st.integers(min_value=0, max_value=2**50),
@@ -51,6 +51,14 @@ configs = st.builds(
         connection_timeout_s=st.floats(0.001, 3600, allow_nan=False),
         max_concurrent_connections=st.integers(1, 100_000),
     ),
+    bus=st.builds(
+        BusConfig,
+        nats_url=st.sampled_from(["nats://127.0.0.1:4222", "tls://nats.example:4443"]),
+        ack_timeout_s=st.floats(0.001, 3600, allow_nan=False),
+        retry_attempts=st.integers(1, 1000),
+        rate_limit=st.none() | st.floats(0.001, 1e9, allow_nan=False),
+        rate_limit_mode=st.sampled_from(["wait", "fail"]),
+    ),
 )
 
 
@@ -58,6 +66,16 @@ configs = st.builds(
 def test_config_round_trips_through_toml_and_dict(cfg: Config) -> None:
     assert Config.from_toml(cfg.to_toml()) == cfg
     assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_distributed_mode_needs_a_nats_url() -> None:
+    with pytest.raises(ConfigError, match="nats_url") as ei:
+        Config.from_dict({"runtime": {"mode": "distributed"}})
+    assert ei.value.key == "runtime.mode"
+    cfg = Config.load(env={"SYMBI_RUNTIME_MODE": "distributed", "SYMBI_NATS_URL": "nats://h:1"})
+    assert cfg.bus.nats_url == "nats://h:1" and cfg.runtime.mode == "distributed"
+    with pytest.raises(ConfigError, match=r"bus\.nats_url"):
+        Config.from_dict({"bus": {"nats_url": "http://not-nats"}})
 
 
 @given(

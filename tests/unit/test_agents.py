@@ -106,10 +106,14 @@ async def test_undeliverable_messages_raise_and_are_dead_lettered():
         with pytest.raises(DeliveryError) as ei:
             await rt.send(Other(n=1), to=a.id)
         assert ei.value.reason == "no handler"
-        with pytest.raises(DeliveryError, match="no live agent"):
+        with pytest.raises(DeliveryError, match="unknown agent 'nobody'"):
             await rt.send(Task(text="x"), to="nobody")
-        assert rt.dead_letters == [(a.id, "Other", "no handler")]
-        assert rt.status().dead_letters == 1
+        first, second = rt.dead_letters
+        assert (first.recipient, first.message, first.reason) == (a.id, Other(n=1), "no handler")
+        assert len(first.id) == 32 and first.sender == rt.bus.runtime_id
+        assert (second.recipient, second.message) == ("nobody", Task(text="x"))
+        assert "unknown" in second.reason
+        assert rt.status().dead_letters == 2
 
 
 async def test_handler_errors_reach_the_requester_and_the_agent_carries_on():
@@ -326,7 +330,12 @@ async def test_terminate_dead_letters_pending_mail_and_fails_its_requests():
             await anyio.sleep(0.05)
             await rt.terminate(a.id)
         assert len(errors) == 1 and errors[0].reason == "terminated"
-        assert (a.id, "Task", "recipient terminated: manual override") in rt.dead_letters
+        assert any(
+            d.recipient == a.id
+            and d.message == Task(text="never")
+            and d.reason == "recipient terminated: manual override"
+            for d in rt.dead_letters
+        )
 
 
 async def test_running_agent_cannot_be_terminated():

@@ -53,6 +53,9 @@ def test_demo_runs_the_main_job(tmp_path):
     out = p.stdout
     assert "3 agents ran 12 tasks" in out
     assert "denied network_access to exfil.example.com" in out
+    assert "denied normal-worker -> outside-vendor (pii)" in out
+    assert "12 direct + 12 replies + 12 published, each Ed25519-signed" in out
+    assert "; 0 rejected" in out and "ledger heard all 12 results" in out
     assert "critical-worker recalls: 'finished job-" in out
     assert "cited: audit-trail" in out
     assert "health        ok" in out
@@ -67,6 +70,7 @@ def test_demo_runs_the_main_job(tmp_path):
     assert q.returncode == 0, q.stderr
     denials = json.loads(q.stdout)
     assert denials and all(d["event_type"] == "policy.denied" for d in denials)
+    assert any(d["details"].get("action") == "send" for d in denials), denials
     r = run(
         "audit", "report", str(audit), "--framework", "hipaa", "--format", "html", env=clean_env()
     )

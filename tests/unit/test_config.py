@@ -87,8 +87,10 @@ def test_named_env_overrides():
             "SYMBI_AUDIT_STORAGE": "/var/lib/symbi/audit",
             "QDRANT_URL": "http://qdrant:6333",
             "MCP_SERVER_DISCOVERY": "false",
+            "SYMBI_NATS_URL": "nats://nats:4222",
         }
     )
+    assert cfg.bus.nats_url == "nats://nats:4222"
     assert cfg.runtime.log_level == "debug"
     assert cfg.runtime.mode == "distributed"
     assert cfg.security.crypto_provider == "rustcrypto"

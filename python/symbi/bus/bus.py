@@ -6,6 +6,7 @@ See the package docstring (:mod:`symbi.bus`) for the design.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import time
@@ -21,6 +22,7 @@ from anyio.abc import TaskGroup
 
 from .._core import BusKeyRing
 from ..components import ComponentHealth
+from ..deadlines import Deadlines
 from ..errors import (
     ComponentError,
     DecryptError,
@@ -36,7 +38,7 @@ from ..errors import (
     SymbiError,
 )
 from ..message import Message
-from ..policy.types import AuditSink, PolicyRequest
+from ..policy.types import AuditSink, PolicyRequest, Principal, Resource
 from . import codec
 from .codec import ACK_OK
 from .ratelimit import RateLimit, RateLimiter, RateLimitLike, to_rate_limit
@@ -49,6 +51,8 @@ __all__ = ["Bus", "Enforcer", "Subscription", "TopicHandler"]
 log = logging.getLogger("symbi.bus")
 
 TopicHandler = Callable[[Any, SecureMessage], Awaitable[None]]
+#: Attributes of a local agent for policy conditions (``principal.attrs.name``), or None.
+Directory = Callable[[str], Optional[Mapping[str, Any]]]
 
 #: Seconds a duplicate waits for the first copy's outcome before acking it anyway.
 _MAX_DUP_WAIT = 30.0
@@ -99,7 +103,7 @@ _NOT_APPLIED = _Flight()
 
 
 class _Pending:
-    __slots__ = ("done", "error", "recipient", "requester", "value")
+    __slots__ = ("done", "error", "recipient", "requester", "timed_out", "value")
 
     def __init__(self, requester: str, recipient: str) -> None:
         self.requester = requester
@@ -107,6 +111,27 @@ class _Pending:
         self.done = anyio.Event()
         self.value: Any = None
         self.error: Optional[BaseException] = None
+        self.timed_out = False
+
+    def expire(self) -> None:
+        self.timed_out = True
+        self.done.set()
+
+
+class _ReplyJob:
+    """A handled request whose reply is waiting to be sealed with others."""
+
+    __slots__ = ("agent", "corr", "ctype", "payload", "reply_to", "requester")
+
+    def __init__(
+        self, agent: str, requester: str, corr: str, reply_to: str, ctype: str, payload: bytes
+    ) -> None:
+        self.agent = agent
+        self.requester = requester
+        self.corr = corr
+        self.reply_to = reply_to
+        self.ctype = ctype
+        self.payload = payload
 
 
 class Subscription:
@@ -274,12 +299,17 @@ class Bus:
         self._subscriptions: set[Subscription] = set()
         self._inactive: list[Subscription] = []
         self._delivery: Optional[LocalDelivery] = None
+        self._directory: Optional[Directory] = None
+        self._wiretaps: list[Callable[[bytes], None]] = []
+        self._described: dict[str, tuple[Principal, Resource]] = {}
         self._pending: dict[str, _Pending] = {}
         self._corr = itertools.count(1)
         self._acks: collections.OrderedDict[str, Union[bytes, _Flight]] = collections.OrderedDict()
         self._ack_errors: collections.OrderedDict[str, BaseException] = collections.OrderedDict()
         self._dead: collections.deque[DeadLetter] = collections.deque(maxlen=max_dead_letters)
         self._batch: Optional[_Batch] = None
+        self._replies: list[_ReplyJob] = []
+        self._deadlines = Deadlines()
         self._subjects: dict[str, str] = {}
         self._reply_sub: Optional[TransportSubscription] = None
         self._tg: Optional[TaskGroup] = None
@@ -319,6 +349,87 @@ class Bus:
             )
         self._delivery = delivery
 
+    def add_wiretap(self, tap: Callable[[bytes], None]) -> None:
+        """Call ``tap(envelope)`` with every envelope this bus seals, before it travels
+        (also replies that never leave the process): for tracing, debugging, and
+        showing that only ciphertext moves. A tap that raises is logged and ignored."""
+        if not callable(tap):
+            raise InvalidArgument(
+                "tap must be a callable taking envelope bytes",
+                argument="tap",
+                expected="callable",
+                got=type(tap).__name__,
+            )
+        self._wiretaps.append(tap)
+
+    def _seal_now(
+        self, sender: str, recipient: str, ctype: str, payload: bytes, topic: bool
+    ) -> bytes:
+        env: bytes = self._ring.seal(sender, recipient, ctype, payload, topic)
+        if self._wiretaps:
+            self._tap([env])
+        return env
+
+    def _seal_batch_now(
+        self, sender: str, items: list[tuple[str, str, bytes, bool]]
+    ) -> list[bytes]:
+        envs: list[bytes] = self._ring.seal_batch(sender, items)
+        if self._wiretaps:
+            self._tap(envs)
+        return envs
+
+    def _tap(self, envs: list[bytes]) -> None:
+        for tap in self._wiretaps:
+            for env in envs:
+                try:
+                    tap(env)
+                except Exception:
+                    log.exception("a bus wiretap failed")
+
+    def set_directory(self, directory: Optional[Directory]) -> None:
+        """Where the policy requests get agents' attributes: ``directory(agent_id)``
+        returns e.g. ``{"name": "planner", "capabilities": [...]}`` for a local agent,
+        so policies can say ``resource.attrs.name == "vault"``; None for others."""
+        if directory is not None and not callable(directory):
+            raise InvalidArgument(
+                "directory must be a callable agent_id -> attributes | None",
+                argument="directory",
+                expected="callable",
+                got=type(directory).__name__,
+            )
+        self._directory = directory
+        self._described.clear()
+
+    def _describe(self, agent: str) -> tuple[Union[str, Principal], Union[str, Resource]]:
+        if self._directory is None:
+            return agent, agent
+        pair = self._described.get(agent)
+        if pair is None:
+            attrs = self._directory(agent)
+            if attrs is None:
+                return agent, agent  # remote or unknown: not cached, it may appear later
+            a = dict(attrs)
+            pair = (Principal(id=agent, attrs=a), Resource(id=agent, attrs=a))
+            if len(self._described) > 100_000:
+                self._described.clear()
+            self._described[agent] = pair
+        return pair
+
+    def record_dead_letter(
+        self,
+        msg: Optional[Message],
+        *,
+        sender: Optional[str],
+        recipient: str,
+        reason: str,
+        message_id: str = "",
+        attempts: int = 0,
+    ) -> None:
+        """Put a message that was accepted but can no longer be handled (its agent was
+        terminated with mail queued, a topic copy its mailbox refused) in the dead-letter
+        queue, audited like the bus's own."""
+        self._dead_letter(message_id, sender or self._runtime_id, recipient, msg, reason, attempts)
+
     def _check_agent_id(self, agent_id: object, argument: str = "agent_id") -> str:
         if not isinstance(agent_id, str) or not agent_id or len(agent_id.encode()) > 255:
             raise InvalidArgument(
@@ -334,6 +445,7 @@ class Bus:
         start listening for it; returns its 64-byte public bundle."""
         self._check_agent_id(agent_id)
         bundle = self._ring.create_identity(agent_id)
+        self._described.pop(agent_id, None)
         self._agents.add(agent_id)
         self._peers.add(agent_id)
         self._need_subs.add(agent_id)
@@ -352,6 +464,7 @@ class Bus:
                 got=agent_id,
             )
         self._ring.remove(agent_id)
+        self._described.pop(agent_id, None)
         self._agents.discard(agent_id)
         self._peers.discard(agent_id)
         self._need_subs.discard(agent_id)
@@ -402,6 +515,7 @@ class Bus:
             ) from e
         self._tg = task_group
         self._state = "running"
+        task_group.start_soon(self._deadlines.run, name="symbi.bus.deadlines")
         self._reply_sub = await self._transport.subscribe(
             f"symbi.reply.{self._bus_token}.*", self._on_reply, timeout=self._connect_timeout
         )
@@ -596,10 +710,12 @@ class Bus:
         """Ask the policy; returns a policy rate limit (msgs/s) when the decision has one."""
         if self._policy is None:
             return None
+        who = self._describe(principal)[0]
+        what: Union[str, Resource] = self._describe(resource)[1] if action == "send" else resource
         req = PolicyRequest(
-            principal=principal,
+            principal=who,
             action=action,
-            resource=resource,
+            resource=what,
             context={"message_type": ctype, "data_labels": labels},
         )
         try:
@@ -720,10 +836,10 @@ class Bus:
             try:
                 if len(jobs) == 1:
                     j = jobs[0]
-                    j.result = self._ring.seal(sender, j.recipient, j.ctype, j.payload, j.topic)
+                    j.result = self._seal_now(sender, j.recipient, j.ctype, j.payload, j.topic)
                     self.stats.single_signed += 1
                 else:
-                    out = self._ring.seal_batch(
+                    out = self._seal_batch_now(
                         sender, [(j.recipient, j.ctype, j.payload, j.topic) for j in jobs]
                     )
                     for j, env in zip(jobs, out):
@@ -734,7 +850,7 @@ class Bus:
                 # One bad item must not sink the others: seal them one by one.
                 for j in jobs:
                     try:
-                        j.result = self._ring.seal(sender, j.recipient, j.ctype, j.payload, j.topic)
+                        j.result = self._seal_now(sender, j.recipient, j.ctype, j.payload, j.topic)
                     except SymbiError as e:
                         j.error = e
         batch.done.set()
@@ -857,10 +973,12 @@ class Bus:
             self.stats.sent += 1
             if pending is None:
                 return msg_id, None
-            left = deadline - time.monotonic()
-            with anyio.move_on_after(max(left, 0.0)):
-                await pending.done.wait()
             if not pending.done.is_set():
+                # One shared watchdog, not a cancel scope per request (see deadlines.py).
+                left = deadline - time.monotonic()
+                self._deadlines.add(anyio.current_time() + max(left, 0.0), pending)
+                await pending.done.wait()
+            if pending.timed_out:
                 self.stats.request_timeouts += 1
                 raise RequestTimeout(
                     f"no reply from {to!r} within {timeout}s; the agent may be busy or slow; "
@@ -1072,10 +1190,25 @@ class Bus:
             )
             settled = True
             self.stats.delivered += 1
-            if want and self._tg is not None:
-                self._tg.start_soon(
-                    self._reply, handle, agent, sender, frame.corr, frame.reply_to, frame.timeout
-                )
+            if want:
+                on_reply = getattr(delivery, "on_reply", None)
+                if on_reply is not None:  # the agent host: a callback, no task per request
+                    on_reply(
+                        handle,
+                        functools.partial(
+                            self._reply_ready, agent, sender, frame.corr, frame.reply_to
+                        ),
+                    )
+                elif self._tg is not None:
+                    self._tg.start_soon(
+                        self._reply,
+                        handle,
+                        agent,
+                        sender,
+                        frame.corr,
+                        frame.reply_to,
+                        frame.timeout,
+                    )
         except SymbiError as e:
             settled = True
             if isinstance(e, DeliveryError) and e.message_id is None:
@@ -1119,15 +1252,144 @@ class Bus:
                 self._ack_errors[f"reply:{corr}"] = e
             ctype = codec.ERROR_TYPE
             payload = codec.encode_frame(codec.KIND_REPLY_ERROR, codec.describe_error(e), corr=corr)
+        if agent not in self._agents:
+            self._orphan_reply(agent, requester, corr, self._is_local(reply_to))
+            return
         try:
             await self._ensure_peer(
                 requester, time.monotonic() + self._ack_timeout, purpose="reply"
             )
-            env = self._ring.seal(agent, requester, ctype, payload, False)
+            env = self._seal_now(agent, requester, ctype, payload, False)
             await self._transport.publish(reply_to, env, timeout=self._ack_timeout)
             self.stats.replies += 1
         except SymbiError as e:
             log.warning("could not send the reply of %s to %s: %s", agent, requester, e)
+
+    def _reply_ready(
+        self,
+        agent: str,
+        requester: str,
+        corr: str,
+        reply_to: str,
+        value: Any,
+        error: Optional[BaseException],
+    ) -> None:
+        """The handler behind a request finished: queue its reply for sealing. Replies
+        that finish in the same loop iteration are sealed together (one signature per
+        agent, each with its proof) by one flusher task."""
+        if not reply_to:
+            return
+        local = self._is_local(reply_to)
+        if error is None:
+            try:
+                ctype = codec.type_name_of(value) if isinstance(value, Message) else codec.ANY_TYPE
+                payload = codec.encode_frame(codec.KIND_REPLY, value, corr=corr)
+                self._check_size(payload)
+            except Exception as e:
+                error = e
+        if error is not None:
+            if local:  # the requester is on this bus: hand it the exception itself
+                self._ack_errors[f"reply:{corr}"] = error
+            ctype = codec.ERROR_TYPE
+            payload = codec.encode_frame(
+                codec.KIND_REPLY_ERROR, codec.describe_error(error), corr=corr
+            )
+        if agent not in self._agents:
+            self._orphan_reply(agent, requester, corr, local)
+            return
+        self._replies.append(_ReplyJob(agent, requester, corr, reply_to, ctype, payload))
+        if len(self._replies) == 1 and self._tg is not None:
+            self._tg.start_soon(self._flush_replies)
+
+    def _orphan_reply(self, agent: str, requester: str, corr: str, local: bool) -> None:
+        """The agent was terminated while handling: its key is gone, so it cannot sign a
+        reply. A requester on this bus gets the outcome directly; a remote one times out."""
+        pending = self._pending.get(corr)
+        if local and pending is not None and not pending.done.is_set():
+            err = self._ack_errors.pop(f"reply:{corr}", None)
+            pending.error = err or DeliveryError(
+                f"agent {agent!r} left the bus before its reply could be signed",
+                recipient=agent,
+                reason="terminated",
+            )
+            pending.done.set()
+        else:
+            log.warning("agent %s left the bus before replying to %s", agent, requester)
+
+    async def _flush_replies(self) -> None:
+        jobs, self._replies = self._replies, []
+        by_agent: dict[str, list[_ReplyJob]] = {}
+        for j in jobs:
+            by_agent.setdefault(j.agent, []).append(j)
+        remote: list[tuple[_ReplyJob, bytes]] = []
+        for agent, group in by_agent.items():
+            if agent not in self._agents:
+                for j in group:
+                    self._orphan_reply(agent, j.requester, j.corr, self._is_local(j.reply_to))
+                continue
+            try:
+                if len(group) == 1:
+                    j = group[0]
+                    envs = [self._seal_now(agent, j.requester, j.ctype, j.payload, False)]
+                    self.stats.single_signed += 1
+                else:
+                    envs = self._seal_batch_now(
+                        agent, [(j.requester, j.ctype, j.payload, False) for j in group]
+                    )
+                    self.stats.batches += 1
+                    self.stats.batched_messages += len(group)
+            except SymbiError:
+                # One bad item (a requester that left) must not sink the rest: one by one.
+                for j in group:
+                    self._seal_one_reply(j, remote)
+                continue
+            for j, env in zip(group, envs):
+                if self._is_local(j.reply_to):
+                    self._accept_reply(j.corr, env)
+                else:
+                    remote.append((j, env))
+            self.stats.replies += len(group)
+        for j, env in remote:
+            try:
+                await self._ensure_peer(
+                    j.requester, time.monotonic() + self._ack_timeout, purpose="reply"
+                )
+                await self._transport.publish(j.reply_to, env, timeout=self._ack_timeout)
+            except SymbiError as e:
+                log.warning("could not send the reply of %s to %s: %s", j.agent, j.requester, e)
+
+    def _seal_one_reply(self, j: _ReplyJob, remote: list[tuple[_ReplyJob, bytes]]) -> None:
+        try:
+            env = self._seal_now(j.agent, j.requester, j.ctype, j.payload, False)
+        except SymbiError as e:
+            log.warning("could not seal the reply of %s to %s: %s", j.agent, j.requester, e)
+            return
+        self.stats.single_signed += 1
+        self.stats.replies += 1
+        if self._is_local(j.reply_to):
+            self._accept_reply(j.corr, env)
+        else:
+            remote.append((j, env))
+
+    def _is_local(self, reply_to: str) -> bool:
+        return reply_to.startswith(f"symbi.reply.{self._bus_token}.")
+
+    def _accept_reply(self, corr: str, env: bytes) -> None:
+        """A sealed reply for a request made on this bus: open it (verify, decrypt) and
+        complete the request; both ends are known here, so no lookup is needed."""
+        pending = self._pending.get(corr)
+        if pending is None or pending.done.is_set():
+            self.stats.late_replies += 1
+            return
+        try:
+            opened = self._ring.open(pending.requester, env)
+        except (SignatureError, DecryptError, ReplayError) as e:
+            self._reject(e, pending.requester, env)
+            return
+        except InvalidArgument as e:  # the requester left the bus meanwhile
+            self._reject(SignatureError(f"reply rejected: {e}"), pending.requester, env)
+            return
+        self._settle(pending, corr, opened, env)
 
     async def _on_reply(self, inc: Incoming) -> None:
         corr = inc.subject.rsplit(".", 1)[-1]
@@ -1136,14 +1398,21 @@ class Bus:
             self.stats.late_replies += 1
             return
         try:
-            _mid, sender, _r, is_topic, _ts, ctype, payload, dup = await self._open(
-                pending.requester, inc.data
-            )
+            opened = await self._open(pending.requester, inc.data)
+        except SymbiError as e:
+            if not isinstance(e, (SignatureError, DecryptError, ReplayError)):
+                self._reject(e, pending.requester, inc.data)
+            return  # a forged or broken reply never completes the request
+        self._settle(pending, corr, opened, inc.data)
+
+    def _settle(self, pending: _Pending, corr: str, opened: tuple[Any, ...], data: bytes) -> None:
+        """Complete ``pending`` with an opened reply envelope, if it belongs to it."""
+        try:
+            _mid, sender, _r, is_topic, _ts, ctype, payload, dup = opened
             frame = codec.decode_frame(payload)
             if dup or is_topic or sender != pending.recipient or frame.corr != corr:
                 raise SignatureError(
-                    f"a reply on {inc.subject} does not belong to the request it claims "
-                    f"(from {sender!r}); dropped",
+                    f"a reply for request {corr} does not belong to it (from {sender!r}); dropped",
                     sender=sender,
                 )
             if frame.kind == codec.KIND_REPLY:
@@ -1161,8 +1430,7 @@ class Bus:
                         recipient=pending.recipient,
                     )
         except SymbiError as e:
-            if not isinstance(e, (SignatureError, DecryptError, ReplayError)):
-                self._reject(e, pending.requester, inc.data)
+            self._reject(e, pending.requester, data)
             return  # a forged or broken reply never completes the request
         pending.done.set()
 
@@ -1298,7 +1566,7 @@ class Bus:
             req = codec.encode_frame(
                 codec.KIND_KEY_REQUEST, [meta.recipient, meta.recipient_key_id]
             )
-            env = self._ring.seal(opener, publisher, codec.KEY_REQUEST_TYPE, req, False)
+            env = self._seal_now(opener, publisher, codec.KEY_REQUEST_TYPE, req, False)
             answer = await self._transport.request(
                 self._subject("keys", publisher), env, timeout=self._ack_timeout
             )
@@ -1357,7 +1625,7 @@ class Bus:
             self._authorize(requester, "subscribe", topic, "", [])
             key = self._ring.topic_key(topic)
             resp = codec.encode_frame(codec.KIND_KEY_RESPONSE, key)
-            answer = self._ring.seal(agent, requester, codec.KEY_RESPONSE_TYPE, resp, False)
+            answer = self._seal_now(agent, requester, codec.KEY_RESPONSE_TYPE, resp, False)
             self._record("bus.topic_key_shared", agent, {"topic": topic, "to": requester})
         except SymbiError as e:
             log.warning("refused a topic-key request to %s: %s", agent, e)

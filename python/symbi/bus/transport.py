@@ -17,8 +17,6 @@ import math
 from collections.abc import Awaitable
 from typing import Callable, Optional, Protocol, runtime_checkable
 
-import anyio
-
 from ..errors import DeliveryError, InvalidArgument
 from .topics import topic_matches
 
@@ -218,13 +216,9 @@ class InProcTransport:
         async def respond(answer: bytes) -> None:
             box.append(answer)
 
-        try:
-            with anyio.fail_after(timeout):
-                await subs[0].handler(Incoming(subject, data, respond))
-        except TimeoutError:
-            raise DeliveryError(
-                f"no answer on {subject!r} within {timeout}s", recipient=subject, reason="timeout"
-            ) from None
+        # As in publish: the handler runs inline and bounds its own awaits (the bus's
+        # handlers do), so a request costs no cancel scope.
+        await subs[0].handler(Incoming(subject, data, respond))
         if not box:
             raise DeliveryError(
                 f"the responder on {subject!r} did not answer", recipient=subject, reason="timeout"

@@ -26,6 +26,7 @@ DEMO_POLICY = """
 policy demo_guardrails {
     allow: [create_agent, request_resources, send, request, publish, subscribe]
     deny: [network_access] if resource in ["exfil.example.com"]
+    deny: [send] if "pii" in context.data_labels && resource.attrs.name == "outside-vendor"
     allow: [network_access] if resource == "api.partner.example"
     require: { encryption: "aes256", rate_limit: 1000 }
     audit: { log_level: "info" }
@@ -56,7 +57,28 @@ class Worker(symbi.Agent):
         await anyio.sleep(0.001 * msg.size)  # stands in for real work
         # Each worker remembers what it did, in its own vector-indexed memory.
         await ctx.memory.store(f"finished {msg.job} of size {msg.size}", timeout=5)
-        return Done(job=msg.job, worker=self.name, result=msg.size * msg.size)
+        done = Done(job=msg.job, worker=self.name, result=msg.size * msg.size)
+        # ... and tells whoever follows "jobs.*", signed as itself, encrypted for the topic.
+        await ctx.publish("jobs.done", done, timeout=5)
+        return done
+
+
+class Ledger(symbi.Agent):
+    """Totals the results it hears about on "jobs.*"."""
+
+    def __init__(self, expect: int = 0) -> None:
+        super().__init__()
+        self.total = 0
+        self.heard = 0
+        self.expect = expect
+        self.all_heard = anyio.Event()
+
+    @symbi.handler
+    async def on_done(self, msg: Done, ctx: symbi.Context) -> None:
+        self.total += msg.result
+        self.heard += 1
+        if self.heard == self.expect:
+            self.all_heard.set()
 
 
 async def _demo(config: symbi.Config) -> int:
@@ -87,9 +109,22 @@ async def _demo(config: symbi.Config) -> int:
                 limits=symbi.ResourceLimits(memory_mb=64, execution_timeout=5),
             ),
         ]
+        jobs = 12
+        ledger = Ledger(expect=jobs)
+        await rt.spawn(ledger, name="ledger", topics=["jobs.*"])
+        vendor = await rt.spawn(Ledger, name="outside-vendor")
+        sealed: list[symbi.SecureMessage] = []
+        watched = anyio.Event()
+
+        async def watch(msg: Done, meta: symbi.SecureMessage) -> None:
+            sealed.append(meta)  # what travelled: only the envelope
+            if len(sealed) == jobs:
+                watched.set()
+
+        rt.subscribe("jobs.>", watch)
         results: list[Any] = []
         async with anyio.create_task_group() as tg:
-            for i in range(12):
+            for i in range(jobs):
                 a = agents[i % 3]
 
                 async def ask(a: Any = a, i: int = i) -> None:
@@ -98,6 +133,9 @@ async def _demo(config: symbi.Config) -> int:
                     )
 
                 tg.start_soon(ask)
+        with anyio.fail_after(10):  # topic copies are handled asynchronously
+            await watched.wait()
+            await ledger.all_heard.wait()
         st = rt.status()
         _line(
             "scheduler",
@@ -105,14 +143,46 @@ async def _demo(config: symbi.Config) -> int:
             f"{st.scheduler.decision_p50_us:.1f} µs, p99 {st.scheduler.decision_p99_us:.1f} µs",
         )
 
-        # A policy denial: the engine fails closed and says why.
+        # Every message was sealed by the bus: signed by its sender, encrypted, verified.
+        bs = rt.bus.stats
+        _line(
+            "messages",
+            f"{bs.sent} direct + {bs.replies} replies + {bs.published} published, each "
+            f"Ed25519-signed and AES-256-GCM-encrypted; {bs.rejected} rejected",
+        )
+        env = sealed[0]
+        who = next(a.name for a in agents if a.id == env.sender)
+        _line(
+            "",
+            f"e.g. {env.id[:12]} from {who} on {env.recipient!r}: "
+            f"{len(env.encrypted_payload)} bytes ciphertext, nonce {env.nonce.hex()[:12]}…, "
+            f"signature {env.signature.hex()[:12]}…",
+        )
+        _line("", f"ledger heard all {ledger.heard} results on jobs.*: total {ledger.total}")
+
+        # A data-flow denial on a real send: PII may not go to the outside vendor.
+        try:
+            await rt.send(
+                Done(job="patients", worker="normal-worker", result=0),
+                to=vendor.id,
+                sender=agents[1].id,
+                labels=["pii"],
+                timeout=5,
+            )
+        except PolicyDenied as e:
+            _line("policy", f"denied normal-worker -> outside-vendor (pii): {e.decision.reason}")
+        else:
+            _line("policy", "FAILED: PII reached the outside vendor")
+            return 1
+
+        # ... and on another action: the engine fails closed and says why.
         request = symbi.PolicyRequest(
             principal=agents[1].id, action="network_access", resource="exfil.example.com"
         )
         try:
             rt.policy.enforce(request)
         except PolicyDenied as e:
-            _line("policy", f"denied network_access to exfil.example.com: {e.decision.reason}")
+            _line("", f"denied network_access to exfil.example.com: {e.decision.reason}")
         else:
             _line("policy", "FAILED: exfiltration was allowed")
             return 1

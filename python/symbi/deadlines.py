@@ -1,0 +1,78 @@
+"""Timeouts for many short waits without a cancel scope each.
+
+A cancel scope with a deadline costs more than the rest of a short request (it looks up
+the current task, arms a timer and unwinds on exit), so the agent host's replies and the
+bus's pending requests share this instead: one watchdog task sleeps until the earliest
+deadline and expires whatever is still waiting then. A waiter just waits on its own event
+and checks, when woken, whether it was answered or expired.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Protocol
+
+import anyio
+
+__all__ = ["Deadlines", "Expirable"]
+
+
+class _IsSet(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class Expirable(Protocol):
+    """A wait the watchdog can end: ``done`` tells whether it already ended;
+    ``expire()`` ends it as timed out (and must set ``done``)."""
+
+    @property
+    def done(self) -> _IsSet: ...
+
+    def expire(self) -> None: ...
+
+
+class Deadlines:
+    """``add(deadline, waiter)`` (deadline in ``anyio.current_time()`` seconds); ``run()``
+    is the watchdog, started once in a task group and cancelled with it."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Expirable]] = []
+        self._seq = itertools.count()
+        self._wake = anyio.Event()
+        #: How many waits the watchdog expired.
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, deadline: float, waiter: Expirable) -> None:
+        entry = (deadline, next(self._seq), waiter)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
+            self._wake.set()  # a new earliest deadline: the watchdog must re-arm
+        elif len(self._heap) % 65_536 == 0:
+            self._compact()
+
+    def _compact(self) -> None:
+        # Answered waits leave their entries behind; drop them in bulk.
+        self._heap = [e for e in self._heap if not e[2].done.is_set()]
+        heapq.heapify(self._heap)
+
+    def expire_due(self, now: float) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            _, _, waiter = heapq.heappop(self._heap)
+            if not waiter.done.is_set():
+                self.expired += 1
+                waiter.expire()
+
+    async def run(self) -> None:
+        while True:
+            now = anyio.current_time()
+            self.expire_due(now)
+            self._wake = anyio.Event()
+            if self._heap:
+                with anyio.move_on_after(self._heap[0][0] - now):
+                    await self._wake.wait()
+            else:
+                await self._wake.wait()
