@@ -42,6 +42,7 @@ class Deadlines:
         self._wake = anyio.Event()
         #: How many waits the watchdog expired.
         self.expired = 0
+        self._settled = 0
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -51,13 +52,16 @@ class Deadlines:
         heapq.heappush(self._heap, entry)
         if self._heap[0] is entry:
             self._wake.set()  # a new earliest deadline: the watchdog must re-arm
-        elif len(self._heap) % 65_536 == 0:
-            self._compact()
 
-    def _compact(self) -> None:
-        # Answered waits leave their entries behind; drop them in bulk.
-        self._heap = [e for e in self._heap if not e[2].done.is_set()]
-        heapq.heapify(self._heap)
+    def settled(self) -> None:
+        """A waiter that was added ended before its deadline. Its entry stays in the heap
+        (removing it would cost O(n)) until half the heap is such leftovers; then they go
+        in bulk, so answered waits (and what they hold) are not kept alive for long."""
+        self._settled += 1
+        if self._settled > 1024 and self._settled * 2 > len(self._heap):
+            self._heap = [e for e in self._heap if not e[2].done.is_set()]
+            heapq.heapify(self._heap)
+            self._settled = 0
 
     def expire_due(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:

@@ -197,7 +197,9 @@ class _Record:
         self.task_id: Optional[int] = None  # queued or running in the scheduler
         self.running: Optional[_Envelope] = None
         self.scope: Optional[anyio.CancelScope] = None
-        self.space: Optional[anyio.Event] = None  # set when a full mailbox frees a slot
+        # Senders waiting for room in a full mailbox, first come first served: a freed
+        # slot wakes one of them, not all (which cost O(waiters) per message).
+        self.space: Optional[deque[anyio.Event]] = None
 
 
 _PRIORITY_NAMES = {p.name.lower(): p for p in Priority}
@@ -627,7 +629,7 @@ class AgentHost:
                 reason="no handler",
             )
         try:
-            if len(rec.mailbox) >= self.mailbox_size:
+            if len(rec.mailbox) >= self.mailbox_size or rec.space:
                 await self._wait_for_space(rec, timeout)
         except TimeoutError:
             raise DeliveryError(
@@ -644,18 +646,48 @@ class AgentHost:
         return reply
 
     async def _wait_for_space(self, rec: _Record, timeout: float) -> None:
-        with anyio.fail_after(timeout):
-            while len(rec.mailbox) >= self.mailbox_size:
-                if self._full_mailbox == "fail":
-                    raise DeliveryError(
-                        f"agent {rec.name!r} has a full mailbox ({self.mailbox_size} messages); "
-                        "retry later or raise [runtime] message_buffer_size",
-                        recipient=rec.id,
-                        reason="mailbox full",
-                    )
-                if rec.space is None:
-                    rec.space = anyio.Event()
-                await rec.space.wait()
+        if self._full_mailbox == "fail":
+            raise DeliveryError(
+                f"agent {rec.name!r} has a full mailbox ({self.mailbox_size} messages); "
+                "retry later or raise [runtime] message_buffer_size",
+                recipient=rec.id,
+                reason="mailbox full",
+            )
+        if rec.space is None:
+            rec.space = deque()
+        waiters = rec.space
+        turn = anyio.Event()
+        waiters.append(turn)
+        try:
+            with anyio.fail_after(timeout):
+                while True:
+                    await turn.wait()
+                    if rec.id not in self._agents:
+                        raise DeliveryError(
+                            f"agent {rec.name!r} was terminated while the message waited for "
+                            "room in its mailbox",
+                            recipient=rec.id,
+                            reason="terminated",
+                        )
+                    if len(rec.mailbox) < self.mailbox_size:
+                        return
+                    turn = anyio.Event()  # the slot went to someone else: wait again, first
+                    waiters.appendleft(turn)
+        except BaseException:
+            with suppress(ValueError):
+                waiters.remove(turn)
+            if len(rec.mailbox) < self.mailbox_size:
+                self._wake_one(rec)  # pass on a wake-up this waiter no longer uses
+            raise
+
+    @staticmethod
+    def _wake_one(rec: _Record) -> None:
+        waiters = rec.space
+        while waiters:
+            turn = waiters.popleft()
+            if not turn.is_set():
+                turn.set()
+                return
 
     def _submit(self, rec: _Record, *, pump: bool = True) -> None:
         """Queue the agent's next task if it is idle and has mail."""
@@ -692,9 +724,8 @@ class AgentHost:
                 continue
             if rec.running is None:  # a resumed (preempted) task already holds its message
                 rec.running = rec.mailbox.popleft()
-                if rec.space is not None:  # a sender waits for room in the mailbox
-                    rec.space.set()
-                    rec.space = None
+                if rec.space:  # a sender waits for room in the mailbox
+                    self._wake_one(rec)
             if rec is inline and mine is None:
                 mine = p
             else:
@@ -836,7 +867,11 @@ class AgentHost:
         """The handler's return value (or its exception); RequestTimeout after ``timeout``."""
         if not reply.done.is_set():
             self._deadlines.add(anyio.current_time() + timeout, reply)
-            await reply.done.wait()
+            try:
+                await reply.done.wait()
+            finally:
+                if not reply.timed_out:
+                    self._deadlines.settled()
         if reply.timed_out:
             total = timeout if total is None else total
             raise RequestTimeout(
@@ -909,8 +944,8 @@ class AgentHost:
                     reason="terminated",
                 )
                 env.reply.finish()
-        if rec.space is not None:
-            rec.space.set()
+        for turn in rec.space or ():
+            turn.set()  # they see the agent is gone
         self._by_name.pop(rec.name, None)
         del self._agents[rec.id]
         self._bus.unregister_agent(rec.id)

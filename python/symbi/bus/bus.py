@@ -977,7 +977,11 @@ class Bus:
                 # One shared watchdog, not a cancel scope per request (see deadlines.py).
                 left = deadline - time.monotonic()
                 self._deadlines.add(anyio.current_time() + max(left, 0.0), pending)
-                await pending.done.wait()
+                try:
+                    await pending.done.wait()
+                finally:
+                    if not pending.timed_out:
+                        self._deadlines.settled()
             if pending.timed_out:
                 self.stats.request_timeouts += 1
                 raise RequestTimeout(
