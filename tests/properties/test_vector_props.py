@@ -26,7 +26,7 @@ def exact_dist(metric: str, q: np.ndarray, x: np.ndarray) -> np.ndarray:
     dim=st.integers(1, 24),
     k=st.integers(1, 20),
     metric=st.sampled_from(["cosine", "dot", "l2"]),
-    compression=st.sampled_from([None, "sq4"]),
+    compression=st.sampled_from([None, "sq4", "sq8"]),
     seed=st.integers(0, 2**32 - 1),
     data=st.data(),
 )

@@ -188,7 +188,37 @@ def test_sq4_compression_is_8x_smaller_and_keeps_recall(data, queries, metric):
     assert recall(ids.astype(np.int64), exact(data, queries, metric, 10)) >= 0.95
 
 
-@pytest.mark.parametrize("compression", [None, "sq4"])
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+def test_sq8_traversal_keeps_recall(data, queries, metric):
+    d, q = (unit(data), unit(queries)) if metric == "dot" else (data, queries)
+    index = VectorIndex(DIM, metric, compression="sq8")
+    index.add(np.arange(N), d)
+    s = index.stats()
+    assert s.compression == "sq8" and s.bytes_per_code == 64  # 48 dims padded to 64 bytes
+    ids, dists = index.search(q, k=10)
+    assert recall(ids.astype(np.int64), exact(d, q, metric, 10)) >= 0.95
+    assert np.all(np.diff(dists, axis=1) >= 0)  # exact float32 reranking, sorted
+
+
+def test_duplicates_in_other_scopes_do_not_force_brute_force():
+    """Groups of identical vectors whose copies carry different tenants: filtered searches
+    stay on the graph (no brute-force fallback) and find the tenant's own copy."""
+    base = mixture(3000, seed=5)
+    tenants = 10
+    groups = base[::20]  # 150 vectors, each stored once per tenant
+    vectors = np.concatenate([base, np.repeat(groups, tenants, axis=0)])
+    meta = [{"t": i % tenants} for i in range(len(base))]
+    meta += [{"t": j} for _ in range(len(groups)) for j in range(tenants)]
+    index = VectorIndex(DIM, "l2", ef_construction=100)
+    index.add(np.arange(len(vectors)), vectors, meta)
+    for t in range(tenants):
+        ids, _ = index.search(groups, k=10, ef=32, filter={"t": t})
+        own = len(base) + np.arange(len(groups)) * tenants + t
+        assert all(o in row for o, row in zip(own, ids.tolist()))
+    assert index.stats().fallback_searches == 0
+
+
+@pytest.mark.parametrize("compression", [None, "sq4", "sq8"])
 @pytest.mark.parametrize("mmap", [True, False])
 def test_save_and_load(tmp_path: Path, data, queries, compression, mmap):
     index = VectorIndex(DIM, "cosine", compression=compression, ef_search=80)

@@ -54,7 +54,8 @@ class VectorRecord(msgspec.Struct, frozen=True):
 
 class VectorIndexStats(msgspec.Struct, frozen=True, kw_only=True):
     """Size and shape of an index. ``bytes_per_code`` is the compressed size of one
-    vector (0 without compression); ``mmap`` is the mapped vectors file, if any."""
+    vector (0 without compression); ``mmap`` is the mapped vectors file, if any;
+    ``fallback_searches`` counts graph searches answered by brute force instead."""
 
     count: int
     deleted: int
@@ -72,6 +73,9 @@ class VectorIndexStats(msgspec.Struct, frozen=True, kw_only=True):
     graph_bytes: int
     mmap: Optional[str]
     simd: str
+    #: Graph searches that found fewer than k results and were answered by brute force
+    #: instead; stays 0 on a well-connected graph.
+    fallback_searches: int = 0
 
 
 def _bad(argument: str, message: str, got: Any = None) -> VectorIndexError:
@@ -112,6 +116,13 @@ def _ids(ids: IdsLike) -> npt.NDArray[np.uint64]:
 
 def _matrix(x: Any, argument: str) -> tuple[npt.NDArray[np.float32], bool]:
     """(2-D C-contiguous float32 array, whether the input was a single 1-D vector)."""
+    # Fast path for the common case (a float32 numpy array): no copy, no errstate context
+    # (which alone costs several microseconds, as much as a small search).
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous:
+        if x.ndim == 1:
+            return x.reshape(1, -1), True
+        if x.ndim == 2:
+            return x, False
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             arr = np.asarray(x, dtype=np.float32)
@@ -145,6 +156,10 @@ class VectorIndex:
     ``ef_search`` is the default search breadth, overridable per query with ``ef``.
     ``compression="sq4"`` traverses the graph on 4-bit codes (8x smaller than float32) and
     reranks the candidates with the float32 vectors (mmap'd after :meth:`load`).
+    ``compression="sq8"`` traverses on 8-bit codes (a quarter of the float32 bytes, kept
+    *in addition* to them: +25% memory) and reranks the ``ef`` candidates exactly; the
+    same recall at a given ``ef`` as float32 traversal, about 1.5x the queries per second
+    once the vectors outgrow the CPU caches.
     """
 
     __slots__ = ("_core",)
@@ -164,7 +179,7 @@ class VectorIndex:
         if not isinstance(metric, str):
             raise _bad("metric", "metric must be 'cosine', 'dot' or 'l2'", metric)
         if compression is not None and not isinstance(compression, str):
-            raise _bad("compression", "compression must be 'sq4' or None", compression)
+            raise _bad("compression", "compression must be 'sq8', 'sq4' or None", compression)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise _bad("seed", "seed must be a non-negative int", seed)
         self._core = _core.VectorIndexCore(

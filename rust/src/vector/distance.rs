@@ -11,6 +11,8 @@ pub type Kernel = fn(&[f32], &[f32]) -> f32;
 pub type Sq4DotKernel = fn(&[f32], &[u8]) -> f32;
 /// Asymmetric SQ4 L2: `sum((r[i] - step[i] * code[i])^2)` over padded dimensions.
 pub type Sq4L2Kernel = fn(&[f32], &[f32], &[u8]) -> f32;
+/// SQ8 integer score: `sum(w[i] * code[i])` (see `quant::Sq8Query`).
+pub type Sq8DotKernel = fn(&[i16], &[u8]) -> i32;
 
 /// The kernels this CPU runs, picked once per index.
 #[derive(Clone, Copy)]
@@ -19,6 +21,7 @@ pub struct Kernels {
     pub l2: Kernel,
     pub sq4_dot: Sq4DotKernel,
     pub sq4_l2: Sq4L2Kernel,
+    pub sq8_dot: Sq8DotKernel,
     pub name: &'static str,
     /// Set when the AVX2+FMA kernels were selected: searches then use these statically
     /// dispatched kernels instead of the function pointers.
@@ -32,6 +35,7 @@ impl Kernels {
             l2: l2_portable,
             sq4_dot: sq4_dot_portable,
             sq4_l2: sq4_l2_portable,
+            sq8_dot: sq8_dot_portable,
             name: "portable",
             avx2: None,
         }
@@ -46,6 +50,7 @@ impl Kernels {
                     l2: avx2::l2,
                     sq4_dot: avx2::sq4_dot,
                     sq4_l2: avx2::sq4_l2,
+                    sq8_dot: avx2::sq8_dot,
                     name: "avx2+fma",
                     avx2: Some(a),
                 };
@@ -165,6 +170,13 @@ pub fn l2_portable(a: &[f32], b: &[f32]) -> f32 {
         s += d * d;
     }
     s
+}
+
+pub fn sq8_dot_portable(w: &[i16], codes: &[u8]) -> i32 {
+    w.iter()
+        .zip(codes)
+        .map(|(&a, &c)| a as i32 * c as i32)
+        .sum()
 }
 
 /// Code layout (see `quant`): blocks of 16 dimensions in 8 bytes; byte `i` of a block holds
@@ -395,7 +407,43 @@ mod avx2 {
         }
     }
 
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sq8_dot_impl(w: &[i16], codes: &[u8]) -> i32 {
+        let n = w.len().min(codes.len());
+        let (pw, pc) = (w.as_ptr(), codes.as_ptr());
+        let mut acc0 = _mm256_setzero_si256();
+        let mut acc1 = _mm256_setzero_si256();
+        let mut i = 0;
+        while i + 32 <= n {
+            let c0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(pc.add(i) as *const __m128i));
+            let c1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(pc.add(i + 16) as *const __m128i));
+            let w0 = _mm256_loadu_si256(pw.add(i) as *const __m256i);
+            let w1 = _mm256_loadu_si256(pw.add(i + 16) as *const __m256i);
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(c0, w0));
+            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(c1, w1));
+            i += 32;
+        }
+        let acc = _mm256_add_epi32(acc0, acc1);
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(acc),
+            _mm256_extracti128_si256(acc, 1),
+        );
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        let mut t = _mm_cvtsi128_si32(s);
+        while i < n {
+            t += *pw.add(i) as i32 * *pc.add(i) as i32;
+            i += 1;
+        }
+        t
+    }
+
     // Safe entry points: only installed in `Kernels` after the CPU features were detected.
+    pub fn sq8_dot(w: &[i16], codes: &[u8]) -> i32 {
+        // SAFETY: selected only when avx2 and fma are available; reads stay below the
+        // shorter slice's length.
+        unsafe { sq8_dot_impl(w, codes) }
+    }
     pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: selected only when avx2 and fma are available (Kernels::detect).
         unsafe { dot_impl(a, b) }
@@ -462,6 +510,27 @@ mod tests {
             assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
             let (a, b) = ((k.sq4_l2)(&w, &st, &codes), (p.sq4_l2)(&w, &st, &codes));
             assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn sq8_simd_and_portable_agree() {
+        let k = Kernels::detect();
+        for n in [0usize, 5, 32, 33, 64, 96, 384, 400] {
+            let w: Vec<i16> = data(n, 5).iter().map(|x| (x * 8000.0) as i16).collect();
+            let c: Vec<u8> = data(n, 6)
+                .iter()
+                .map(|x| ((x + 1.0) * 127.0) as u8)
+                .collect();
+            assert_eq!((k.sq8_dot)(&w, &c), sq8_dot_portable(&w, &c), "n={n}");
+            #[cfg(target_arch = "x86_64")]
+            if Avx2::detect().is_some() {
+                assert_eq!(
+                    avx2::sq8_dot(&w, &c),
+                    sq8_dot_portable(&w, &c),
+                    "avx2 n={n}"
+                );
+            }
         }
     }
 

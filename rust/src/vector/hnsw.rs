@@ -37,7 +37,7 @@ use rayon::prelude::*;
 use super::distance::{Kern, Kernels, Portable};
 use super::filter::{Compiled, Filter, Interner, Lit, Meta};
 use super::graph::{prefetch_ptr, Graph};
-use super::quant::{Sq4, Sq4Query};
+use super::quant::{Sq4, Sq4Query, Sq8, Sq8Query};
 use super::{Metric, Result, VectorError};
 
 /// Metadata as `(field, value)` pairs, as given by the caller.
@@ -67,6 +67,8 @@ pub struct Params {
     pub ef_construction: usize,
     pub ef_search: usize,
     pub sq4: bool,
+    /// Traverse on 8-bit codes (`quant::Sq8`), rerank with float32. Exclusive with `sq4`.
+    pub sq8: bool,
     pub seed: u64,
 }
 
@@ -85,6 +87,12 @@ impl Params {
             return Err(VectorError::arg(
                 "ef_construction",
                 "ef_construction must be between 1 and 100000",
+            ));
+        }
+        if self.sq4 && self.sq8 {
+            return Err(VectorError::arg(
+                "compression",
+                "choose one of 'sq4' and 'sq8'",
             ));
         }
         if self.ef_search < 1 || self.ef_search > 100_000 {
@@ -136,6 +144,51 @@ impl AlignedF32 {
             unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr() as *mut f32, new) };
         all[old..].copy_from_slice(data);
         self.len = new;
+    }
+}
+
+/// A growable byte buffer whose start is 64-byte aligned (quantized codes: a 384-byte SQ8
+/// code then spans exactly 6 cache lines instead of 7).
+#[derive(Default)]
+pub struct AlignedU8 {
+    blocks: Vec<Line>,
+    len: usize,
+}
+
+impl AlignedU8 {
+    pub fn from_slice(data: &[u8]) -> Self {
+        let mut a = AlignedU8::default();
+        a.resize(data.len());
+        a.copy_from_slice(data);
+        a
+    }
+
+    /// Grow or shrink to `len` bytes (new bytes are zero).
+    pub fn resize(&mut self, len: usize) {
+        self.blocks.resize(len.div_ceil(64), Line([0.0; 16]));
+        if len > self.len {
+            let old = self.len;
+            self.len = len;
+            self[old..].fill(0);
+        }
+        self.len = len;
+    }
+}
+
+impl std::ops::Deref for AlignedU8 {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `Line` is 64 plain bytes without padding; `len <= blocks.len() * 64`.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr() as *const u8, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedU8 {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; the exclusive borrow makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr() as *mut u8, self.len) }
     }
 }
 
@@ -327,6 +380,35 @@ impl Space for Sq4Space<'_> {
     }
 }
 
+struct Sq8Space<'a> {
+    core: &'a Core,
+    sqq: Sq8Query,
+    kern: super::distance::Sq8DotKernel,
+}
+
+impl Space for Sq8Space<'_> {
+    #[inline]
+    fn dist(&self, n: u32) -> f32 {
+        let raw = (self.kern)(&self.sqq.w, self.core.code(n));
+        let norm = if self.sqq.l2 {
+            self.core.norms[n as usize]
+        } else {
+            0.0
+        };
+        self.sqq.finish(raw, norm)
+    }
+    #[inline]
+    fn prefetch(&self, n: u32) {
+        let b = self.core.code_bytes;
+        if let Some(c) = self.core.codes.get(n as usize * b) {
+            let p = c as *const u8;
+            for l in 0..b.div_ceil(64) {
+                prefetch_ptr(p.wrapping_add(l * 64));
+            }
+        }
+    }
+}
+
 /// Run `$body` with `$sp` bound to the exact-distance [`Space`] for query `$q`, picking
 /// the kernel set and metric once (the body is monomorphised for each).
 macro_rules! with_exact_space {
@@ -368,7 +450,11 @@ pub struct Core {
     pub k: Kernels,
     pub vecs: Vectors,
     pub sq: Option<Sq4>,
-    pub codes: Vec<u8>,
+    pub sq8: Option<Sq8>,
+    /// Quantized codes (SQ4 or SQ8, `code_bytes` per slot), 64-byte aligned.
+    pub codes: AlignedU8,
+    /// SQ8: squared norm of each decoded code (for L2 scores).
+    pub norms: Vec<f32>,
     pub code_bytes: usize,
     /// Item count when the SQ4 bounds were last fitted.
     pub fitted_at: usize,
@@ -391,6 +477,9 @@ pub struct Core {
     pub generation: u64,
     /// The last selective filter's matching slots (see `matches_for`).
     match_cache: Mutex<Option<MatchCache>>,
+    /// Graph searches that found fewer than k results and were answered by brute force
+    /// instead (a health signal: it should stay at zero on a well-connected graph).
+    pub fallbacks: std::sync::atomic::AtomicU64,
 }
 
 /// A filter's exact-plan decision and matching slots, valid for one `Core::generation`.
@@ -407,8 +496,14 @@ impl Core {
             k: Kernels::detect(),
             vecs: Vectors::new(p.dim),
             sq: None,
-            codes: Vec::new(),
-            code_bytes: Sq4::code_bytes(p.dim),
+            sq8: None,
+            codes: AlignedU8::default(),
+            norms: Vec::new(),
+            code_bytes: if p.sq8 {
+                Sq8::code_bytes(p.dim)
+            } else {
+                Sq4::code_bytes(p.dim)
+            },
             fitted_at: 0,
             graph: Graph::new(p.m),
             ids: Vec::new(),
@@ -423,6 +518,7 @@ impl Core {
             mmap_path: None,
             generation: 0,
             match_cache: Mutex::new(None),
+            fallbacks: std::sync::atomic::AtomicU64::new(0),
             p,
         })
     }
@@ -540,6 +636,8 @@ impl Core {
         }
         if self.p.sq4 {
             self.update_codes(start);
+        } else if self.p.sq8 {
+            self.update_codes8(start);
         }
         Ok(start..self.graph.len())
     }
@@ -560,12 +658,37 @@ impl Core {
         }
         let sq = self.sq.as_ref().expect("fitted above");
         let from = if refit { 0 } else { start };
-        self.codes.resize(n * cb, 0);
+        self.codes.resize(n * cb);
         let vecs = &self.vecs;
         self.codes[from * cb..]
             .par_chunks_mut(cb)
             .enumerate()
             .for_each(|(i, c)| sq.encode(vecs.row(from + i), c));
+    }
+
+    /// `update_codes` for SQ8 (codes plus decoded norms).
+    fn update_codes8(&mut self, start: usize) {
+        let n = self.graph.len();
+        let cb = self.code_bytes;
+        let refit = self.sq8.is_none() || n >= 2 * self.fitted_at.max(1);
+        if refit {
+            let live: Vec<usize> = (0..n).filter(|&i| !self.deleted[i]).collect();
+            let step = (live.len() / 20_000).max(1);
+            let vecs = &self.vecs;
+            let sample = live.iter().step_by(step).map(|&i| vecs.row(i));
+            self.sq8 = Some(Sq8::fit(self.p.dim, sample));
+            self.fitted_at = n;
+        }
+        let sq = self.sq8.as_ref().expect("fitted above");
+        let from = if refit { 0 } else { start };
+        self.codes.resize(n * cb);
+        self.norms.resize(n, 0.0);
+        let vecs = &self.vecs;
+        self.codes[from * cb..]
+            .par_chunks_mut(cb)
+            .zip(self.norms[from..].par_iter_mut())
+            .enumerate()
+            .for_each(|(i, (c, nm))| *nm = sq.encode(vecs.row(from + i), c));
     }
 
     /// Best-first search of one layer from `eps`: the `ef` nearest accepted nodes,
@@ -669,14 +792,42 @@ impl Core {
 
     /// hnswlib's neighbour heuristic: keep a candidate only if it is closer to the base
     /// than to every neighbour kept so far (spreads links across directions).
-    fn select(&self, cands: &[C], m: usize) -> Vec<u32> {
+    ///
+    /// Duplicates of the base (candidates at the base's own distance to itself, i.e. the
+    /// same vector) get special treatment. Under the plain heuristic a kept duplicate
+    /// "occludes" every later candidate (each is exactly as close to the duplicate as to
+    /// the base), so a node with a duplicate ended up linked to duplicates only: groups
+    /// of equal vectors became traps with no way out. A filtered search that walked into
+    /// a group whose members belong to other filter scopes could then not reach enough
+    /// matches and fell back to brute force. Now duplicates never occlude, and at most
+    /// `max(2, m / 4)` of them are linked, preferring the nearest by slot, so a group is a
+    /// connected band (every member reachable from the one that outside nodes link to)
+    /// and the other links spread out as usual.
+    fn select(&self, base: u32, cands: &[C], m: usize) -> Vec<u32> {
+        let vb = self.vecs.row(base as usize);
+        let own = self.exact(vb, base);
+        let tol = 1e-5 * (1.0 + own.abs());
+        let is_dup = |d: f32| (d - own).abs() <= tol;
+        let max_dups = (m / 4).max(2);
+        let mut dups: Vec<u32> = cands
+            .iter()
+            .filter(|c| c.1 != base && is_dup(c.0))
+            .map(|c| c.1)
+            .collect();
+        dups.sort_unstable_by_key(|&c| (c.abs_diff(base), c));
+        dups.truncate(max_dups.min(m));
         let mut out: Vec<u32> = Vec::with_capacity(m);
+        out.extend_from_slice(&dups);
+        let n_dups = out.len();
         for &C(d, c) in cands {
             if out.len() >= m {
                 break;
             }
+            if c == base || is_dup(d) {
+                continue;
+            }
             let vc = self.vecs.row(c as usize);
-            if out.iter().all(|&o| self.exact(vc, o) > d) {
+            if out[n_dups..].iter().all(|&o| self.exact(vc, o) > d) {
                 out.push(c);
             }
         }
@@ -699,7 +850,7 @@ impl Core {
             let mut c: Vec<C> = l.iter().map(|&x| C(self.exact(vn, x), x)).collect();
             c.push(C(self.exact(vn, s), s));
             c.sort_unstable();
-            Some(self.select(&c, mmax))
+            Some(self.select(n, &c, mmax))
         });
     }
 
@@ -728,7 +879,7 @@ impl Core {
         for layer in (0..=lvl.min(top)).rev() {
             let w = self.search_layer(sp, &eps, self.p.ef_construction, layer, &accept);
             let mmax = if layer == 0 { 2 * self.p.m } else { self.p.m };
-            let sel = self.select(&w, self.p.m);
+            let sel = self.select(s, &w, self.p.m);
             self.graph.set(s, layer, &sel);
             for &n in &sel {
                 self.connect(n, s, layer, mmax);
@@ -812,7 +963,7 @@ impl Core {
                     let mut c: Vec<C> = cs.iter().map(|&y| C(this.exact(v, y), y)).collect();
                     c.sort_unstable();
                     let mmax = if layer == 0 { 2 * this.p.m } else { this.p.m };
-                    g.set(i as u32, layer, &this.select(&c, mmax));
+                    g.set(i as u32, layer, &this.select(i as u32, &c, mmax));
                 }
             });
         for i in 0..self.graph.len() {
@@ -834,6 +985,11 @@ impl Core {
         }
         self.n_purged = self.n_deleted;
         pending
+    }
+
+    fn count_fallback(&self) {
+        self.fallbacks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn brute<A: Fn(u32) -> bool>(&self, q: &[f32], k: usize, accept: &A) -> Vec<C> {
@@ -865,6 +1021,23 @@ impl Core {
             return Vec::new();
         }
         let ef = ef.max(k);
+        if let Some(sq) = &self.sq8 {
+            let sp = Sq8Space {
+                core: self,
+                sqq: Sq8Query::new(sq, q, self.p.metric == Metric::L2),
+                kern: self.k.sq8_dot,
+            };
+            let cur = self.greedy(&sp, C(sp.dist(ep), ep), top as usize, 0);
+            let w = self.search_layer(&sp, &[cur], ef, 0, accept);
+            // Exact float32 rerank of the `ef` candidates (prefetched as a batch first).
+            for c in &w {
+                self.vecs.prefetch(c.1 as usize);
+            }
+            let mut r: Vec<C> = w.iter().map(|c| C(self.exact(q, c.1), c.1)).collect();
+            r.sort_unstable();
+            r.truncate(k);
+            return r;
+        }
         if let Some(sq) = &self.sq {
             let sp = Sq4Space {
                 core: self,
@@ -1002,6 +1175,7 @@ impl Core {
             let i = i.min(nq - 1);
             &queries[i * d..(i + 1) * d]
         };
+        let small_k = k <= 64;
         let mut rows: Vec<&[f32]> = Vec::with_capacity(rb);
         let mut scores = vec![0.0f32; 4 * rb];
         for block in list.chunks(rb) {
@@ -1013,7 +1187,31 @@ impl Core {
                 kern.scores_4xn(l2, qs, &rows, &mut scores);
                 let live_q = (nq - qb).min(4);
                 for (j, (top, worst)) in tops[qb..qb + live_q].iter_mut().enumerate() {
-                    for (&v, &slot) in scores[j * nr..(j + 1) * nr].iter().zip(block) {
+                    let scored = scores[j * nr..(j + 1) * nr].iter().zip(block);
+                    if small_k {
+                        // Small k: keep `top` sorted by (distance, slot) and insert in
+                        // place; a row rarely beats the k-th best, so this is a compare
+                        // per row (a selection per compaction cost ~20% of the scan).
+                        for (&v, &slot) in scored {
+                            let c = C(if l2 { v } else { 1.0 - v }, slot);
+                            if c.0 > *worst {
+                                continue;
+                            }
+                            if top.len() == k {
+                                if c >= top[k - 1] {
+                                    continue;
+                                }
+                                top.pop();
+                            }
+                            let at = top.partition_point(|x| *x < c);
+                            top.insert(at, c);
+                            if top.len() == k {
+                                *worst = top[k - 1].0;
+                            }
+                        }
+                        continue;
+                    }
+                    for (&v, &slot) in scored {
                         let dist = if l2 { v } else { 1.0 - v };
                         // `<=` keeps ties, so the result matches a full sort exactly.
                         if dist <= *worst {
@@ -1053,6 +1251,7 @@ impl Core {
                 let r = self.graph_search(q, k, ef, &live);
                 if r.len() < k.min(self.live()) {
                     // Only reachable in tiny or heavily-deleted graphs: stay correct.
+                    self.count_fallback();
                     self.brute(q, k, &live)
                 } else {
                     r
@@ -1080,6 +1279,7 @@ impl Core {
                     let r = self.graph_search(q, k, ef, &accept);
                     if r.len() < k {
                         // The walk ran out of matching nodes: make sure none were missed.
+                        self.count_fallback();
                         self.brute(q, k, &accept)
                     } else {
                         r
@@ -1330,6 +1530,7 @@ pub(crate) mod tests {
             ef_construction: 100,
             ef_search: 64,
             sq4,
+            sq8: false,
             seed: 7,
         }
     }
@@ -1376,6 +1577,29 @@ pub(crate) mod tests {
         let ids: Vec<u64> = (0..n as u64).collect();
         idx.add(&ids, &data, vec![], false, None).unwrap();
         (idx, data)
+    }
+
+    #[test]
+    fn recall_sq8_each_metric() {
+        for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+            let dim = 32;
+            let mut data = clustered(3000, dim, 20, 1);
+            let norm = if metric == Metric::L2 {
+                Metric::L2
+            } else {
+                Metric::Cosine
+            };
+            super::super::prepare_rows("vectors", &mut data, dim, norm).unwrap();
+            let mut p = params(dim, metric, false);
+            p.sq8 = true;
+            let idx = Index::new(p).unwrap();
+            let ids: Vec<u64> = (0..3000).collect();
+            idx.add(&ids, &data, vec![], false, None).unwrap();
+            let mut q = clustered(50, dim, 20, 9);
+            super::super::prepare_rows("queries", &mut q, dim, norm).unwrap();
+            let r = recall(&idx, &data, &q, metric, 10);
+            assert!(r >= 0.95, "{metric:?} sq8: recall {r}");
+        }
     }
 
     #[test]
@@ -1472,6 +1696,77 @@ pub(crate) mod tests {
             .search(&data[7 * dim..8 * dim], 5, None, Some(&f), Some(1))
             .unwrap();
         assert_eq!(hits.ids[0], 99_999, "new match missing: stale cache");
+    }
+
+    /// Groups of identical vectors whose members sit in different filter scopes: every
+    /// filtered graph search must find k matches without the brute-force fallback, and
+    /// every member of a group must be reachable (the duplicate-trap defect).
+    #[test]
+    fn duplicates_across_scopes_never_trap_filtered_search() {
+        let dim = 16;
+        let scopes = 10usize;
+        let base = clustered(3000, dim, 20, 11);
+        let groups = 150usize;
+        let mut data = base.clone();
+        let mut metas = Vec::new();
+        for i in 0..3000 {
+            metas.push(Some(vec![("s".to_string(), Lit::Int((i % scopes) as i64))]));
+        }
+        for g in 0..groups {
+            let v = &base[(g * 17) * dim..(g * 17 + 1) * dim];
+            for copy in 0..scopes {
+                data.extend_from_slice(v);
+                metas.push(Some(vec![("s".to_string(), Lit::Int(copy as i64))]));
+            }
+        }
+        let n = data.len() / dim;
+        let idx = Index::new(params(dim, Metric::L2, false)).unwrap();
+        let ids: Vec<u64> = (0..n as u64).collect();
+        idx.add(&ids, &data, metas, false, Some(1)).unwrap();
+        let core = idx.core.read();
+        // Reachability on layer 0 from the entry point.
+        let (ep, _) = *core.entry.read();
+        let mut seen = vec![false; n];
+        let mut stack = vec![ep];
+        seen[ep as usize] = true;
+        let mut buf = vec![0u32; core.graph.max_links()];
+        while let Some(x) = stack.pop() {
+            let cnt = core.graph.read(x, 0, &mut buf);
+            for &y in &buf[..cnt] {
+                if !seen[y as usize] {
+                    seen[y as usize] = true;
+                    stack.push(y);
+                }
+            }
+        }
+        let unreachable = seen.iter().filter(|s| !**s).count();
+        assert_eq!(
+            unreachable, 0,
+            "{unreachable} nodes unreachable from the entry"
+        );
+        drop(core);
+        let mut qs = Vec::new();
+        for g in 0..groups {
+            qs.extend_from_slice(&base[(g * 17) * dim..(g * 17 + 1) * dim]);
+        }
+        for s in 0..scopes as i64 {
+            let f = Filter::Cmp {
+                field: "s".into(),
+                op: super::super::filter::Op::Eq,
+                value: Lit::Int(s),
+            };
+            let hits = idx.search(&qs, 10, Some(32), Some(&f), Some(1)).unwrap();
+            for (qi, row) in hits.ids.chunks(10).enumerate() {
+                let want = 3000 + qi as u64 * scopes as u64 + s as u64;
+                assert!(row.contains(&want), "scope {s} query {qi}: missing {want}");
+            }
+        }
+        let fb = idx
+            .core
+            .read()
+            .fallbacks
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(fb, 0, "{fb} filtered searches fell back to brute force");
     }
 
     #[test]

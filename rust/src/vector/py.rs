@@ -271,6 +271,16 @@ fn rows(
     Ok(v)
 }
 
+fn compression_name(p: &Params) -> Option<&'static str> {
+    if p.sq4 {
+        Some("sq4")
+    } else if p.sq8 {
+        Some("sq8")
+    } else {
+        None
+    }
+}
+
 /// The HNSW index core. Use `symbi.VectorIndex` instead.
 #[pyclass(name = "VectorIndexCore", module = "symbi._core", frozen)]
 pub struct VectorIndexCore {
@@ -293,13 +303,14 @@ impl VectorIndexCore {
         seed: u64,
     ) -> PyResult<Self> {
         let metric = Metric::parse(metric)?;
-        let sq4 = match compression {
-            None | Some("none") => false,
-            Some("sq4") => true,
+        let (sq4, sq8) = match compression {
+            None | Some("none") => (false, false),
+            Some("sq4") => (true, false),
+            Some("sq8") => (false, true),
             Some(other) => {
                 return Err(VectorError::arg(
                     "compression",
-                    format!("unknown compression {other:?}; use 'sq4' or None"),
+                    format!("unknown compression {other:?}; use 'sq8', 'sq4' or None"),
                 )
                 .into())
             }
@@ -311,6 +322,7 @@ impl VectorIndexCore {
             ef_construction,
             ef_search,
             sq4,
+            sq8,
             seed,
         };
         Ok(VectorIndexCore {
@@ -458,14 +470,19 @@ impl VectorIndexCore {
         d.set_item("m", c.p.m)?;
         d.set_item("ef_construction", c.p.ef_construction)?;
         d.set_item("ef_search", c.p.ef_search)?;
-        d.set_item("compression", if c.p.sq4 { Some("sq4") } else { None })?;
+        d.set_item("compression", compression_name(&c.p))?;
         d.set_item("max_level", c.entry.read().1)?;
         d.set_item("vector_bytes", nodes * c.p.dim * 4)?;
         d.set_item("code_bytes", c.codes.len())?;
-        d.set_item("bytes_per_code", if c.p.sq4 { c.code_bytes } else { 0 })?;
+        let coded = c.p.sq4 || c.p.sq8;
+        d.set_item("bytes_per_code", if coded { c.code_bytes } else { 0 })?;
         d.set_item("graph_bytes", graph)?;
         d.set_item("mmap", c.mmap_path.clone())?;
         d.set_item("simd", c.k.name)?;
+        d.set_item(
+            "fallback_searches",
+            c.fallbacks.load(std::sync::atomic::Ordering::Relaxed),
+        )?;
         Ok(d)
     }
 
@@ -481,11 +498,7 @@ impl VectorIndexCore {
 
     #[getter]
     fn compression(&self) -> Option<&'static str> {
-        if self.inner.core.read().p.sq4 {
-            Some("sq4")
-        } else {
-            None
-        }
+        compression_name(&self.inner.core.read().p)
     }
 
     /// Tuning constants, for documentation and tests.

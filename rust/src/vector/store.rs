@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use super::distance::Kernels;
 use super::filter::{Interner, Meta, Value};
-use super::hnsw::{Core, Index, Params, Vectors, NONE};
-use super::quant::Sq4;
+use super::hnsw::{AlignedU8, Core, Index, Params, Vectors, NONE};
+use super::quant::{Sq4, Sq8};
 use super::{Metric, Result, VectorError};
 
 const MAGIC: &[u8; 8] = b"SYMBIVX1";
@@ -177,7 +177,8 @@ pub fn save(core: &Core, dir: &Path) -> Result<()> {
     w.u32(VERSION);
     w.u64(p.dim as u64);
     w.u8(p.metric.code());
-    w.u8(p.sq4 as u8);
+    // Compression: 0 none, 1 SQ4, 2 SQ8.
+    w.u8(if p.sq8 { 2 } else { p.sq4 as u8 });
     w.u64(p.m as u64);
     w.u64(p.ef_construction as u64);
     w.u64(p.ef_search as u64);
@@ -250,7 +251,19 @@ pub fn save(core: &Core, dir: &Path) -> Result<()> {
                 w.buf.extend_from_slice(&core.codes[i * cb..(i + 1) * cb]);
             }
         }
-        _ => w.u8(0),
+        _ => match &core.sq8 {
+            Some(sq) if p.sq8 => {
+                w.u8(2);
+                w.u64(core.fitted_at as u64);
+                w.f32s(&sq.low);
+                w.f32s(&sq.step);
+                let cb = core.code_bytes;
+                for &i in &live {
+                    w.buf.extend_from_slice(&core.codes[i * cb..(i + 1) * cb]);
+                }
+            }
+            _ => w.u8(0),
+        },
     }
     let crc = crc32fast::hash(&w.buf);
     w.u32(crc);
@@ -309,11 +322,16 @@ pub fn load(dir: &Path, mmap: bool) -> Result<Index> {
     }
     let dim = r.len(65_536)?;
     let metric = Metric::from_code(r.u8()?).ok_or_else(|| corrupt(&ipath, "unknown metric"))?;
-    let sq4 = r.u8()? != 0;
+    let mode = r.u8()?;
+    if mode > 2 {
+        return Err(corrupt(&ipath, "unknown compression"));
+    }
+    let (sq4, sq8) = (mode == 1, mode == 2);
     let p = Params {
         dim,
         metric,
         sq4,
+        sq8,
         m: r.len(256)?,
         ef_construction: r.len(100_000)?,
         ef_search: r.len(100_000)?,
@@ -399,7 +417,29 @@ pub fn load(dir: &Path, mmap: bool) -> Result<Index> {
         core.meta.push(meta);
     }
     core.interner = Interner::from_strings(strs);
-    if r.u8()? == 1 {
+    let section = r.u8()?;
+    if section != mode && !(section == 0 && n == 0) {
+        return Err(corrupt(
+            &ipath,
+            "compression codes do not match the parameters",
+        ));
+    }
+    if section == 2 {
+        core.fitted_at = r.len(usize::MAX)?;
+        let padded = Sq8::code_bytes(dim);
+        let low = r.f32s(padded)?;
+        let step = r.f32s(padded)?;
+        let sq = Sq8 {
+            dim,
+            padded,
+            low,
+            step,
+        };
+        core.codes = AlignedU8::from_slice(r.take(n * core.code_bytes)?);
+        let cb = core.code_bytes;
+        core.norms = core.codes.chunks_exact(cb).map(|c| sq.norm(c)).collect();
+        core.sq8 = Some(sq);
+    } else if section == 1 {
         core.fitted_at = r.len(usize::MAX)?;
         let padded = dim.div_ceil(16) * 16;
         let low = r.f32s(padded)?;
@@ -410,9 +450,7 @@ pub fn load(dir: &Path, mmap: bool) -> Result<Index> {
             low,
             step,
         });
-        core.codes = r.take(n * core.code_bytes)?.to_vec();
-    } else if sq4 {
-        return Err(corrupt(&ipath, "compressed index without codes"));
+        core.codes = AlignedU8::from_slice(r.take(n * core.code_bytes)?);
     }
     if r.pos != body.len() {
         return Err(corrupt(&ipath, "trailing bytes"));
