@@ -217,6 +217,34 @@ async def test_full_mailbox_fails_or_waits_by_config():
         assert agent.seen == ["1", "2", "3"]
 
 
+async def test_senders_waiting_on_a_full_mailbox_get_in_first_come_first_served():
+    async with symbi.Runtime(config(message_buffer_size=1, full_mailbox="wait")) as rt:
+        agent = Echo()
+        a = await rt.spawn(agent, name="echo")
+        await rt.send(Sleep(seconds=0.1), to=a.id)  # running
+        await rt.send(Task(text="0"), to=a.id)  # fills the mailbox
+        async with anyio.create_task_group() as tg:
+            for i in range(1, 30):
+                tg.start_soon(lambda i=i: rt.send(Task(text=str(i)), to=a.id, timeout=10))
+                await anyio.sleep(0.005)  # each sender is waiting before the next comes
+        await rt.request(a.id, Task(text="end"), timeout=5)
+        assert agent.seen == [str(i) for i in range(30)] + ["end"]
+        # a waiter that gives up does not swallow the wake-up meant for the next one
+        await rt.send(Sleep(seconds=0.2), to=a.id)
+        await rt.send(Task(text="fill"), to=a.id)
+        async with anyio.create_task_group() as tg:
+
+            async def impatient() -> None:
+                with pytest.raises(DeliveryError):
+                    await rt.send(Task(text="gave up"), to=a.id, timeout=0.05)
+
+            tg.start_soon(impatient)
+            await anyio.sleep(0.01)
+            tg.start_soon(lambda: rt.send(Task(text="patient"), to=a.id, timeout=5))
+        await rt.request(a.id, Task(text="last"), timeout=5)
+        assert agent.seen[-3:] == ["fill", "patient", "last"]
+
+
 async def test_higher_priority_runs_first_when_capacity_is_short():
     order: list[str] = []
 
