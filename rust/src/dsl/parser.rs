@@ -31,14 +31,11 @@ use crate::policy::parser::parse_policies;
 use super::ast::*;
 use super::lexer::{describe, lex, unit_seconds, Tok, Token};
 use super::{DslError, Result};
+use crate::lex::Cursor;
 
 /// Deepest nesting of blocks and expressions accepted, counting operator and `.`/call
 /// chains (`a + b + c` is 2 deep): deeper input is refused with an error, never a crash.
 pub const MAX_DEPTH: usize = 256;
-
-/// The parser recurses once per nesting level; it runs on its own thread with this much
-/// stack, so the caller's stack size (small in some embedding threads) does not matter.
-const PARSER_STACK: usize = 64 << 20;
 
 const RESERVED: &[&str] = &[
     "if", "else", "let", "for", "in", "match", "try", "catch", "return", "true", "false", "not",
@@ -69,35 +66,22 @@ pub struct Warning {
 }
 
 /// Parse a whole `.symbi` text. `origin` (a file name) prefixes error positions.
+/// The parser recurses once per nesting level; deeply nested text is parsed on a thread with
+/// a large stack ([`crate::lex::with_parser_stack`]), so the caller's stack size does not matter.
 pub fn parse_file(text: &str, origin: &str, opts: Options) -> Result<(File, Vec<Warning>)> {
-    std::thread::scope(|scope| {
-        let worker = std::thread::Builder::new()
-            .name("symbi-dsl-parse".into())
-            .stack_size(PARSER_STACK)
-            .spawn_scoped(scope, || parse_here(text, origin, opts));
-        match worker {
-            Ok(handle) => handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            // No thread available: parse on this one (the depth limit still applies).
-            Err(_) => parse_here(text, origin, opts),
-        }
-    })
-}
-
-fn parse_here(text: &str, origin: &str, opts: Options) -> Result<(File, Vec<Warning>)> {
     let toks = lex(text, origin)?;
-    let mut p = Parser {
-        toks,
-        i: 0,
-        text,
-        origin,
-        opts,
-        depth: 0,
-        warnings: vec![],
-    };
-    let f = p.file()?;
-    Ok((f, p.warnings))
+    crate::lex::with_parser_stack(&toks, || {
+        let mut p = Parser {
+            cur: Cursor::new(&toks),
+            text,
+            origin,
+            opts,
+            depth: 0,
+            warnings: vec![],
+        };
+        let f = p.file()?;
+        Ok((f, p.warnings))
+    })
 }
 
 /// Parse with the default (strict) options.
@@ -106,8 +90,8 @@ pub fn parse(text: &str, origin: &str) -> Result<File> {
 }
 
 struct Parser<'a> {
-    toks: Vec<Token>,
-    i: usize,
+    /// The tokens and the position in them (`peek`, `advance`, `eat`, ... come from the cursor).
+    cur: Cursor<'a>,
     text: &'a str,
     origin: &'a str,
     opts: Options,
@@ -122,27 +106,13 @@ fn pos_of(t: &Token) -> Pos {
     }
 }
 
+crate::lex::cursor_methods!(Parser);
+
 impl Parser<'_> {
     // ------------------------------------------------------------- helpers
 
-    fn peek(&self) -> &Tok {
-        &self.toks[self.i].tok
-    }
-
-    fn peek_at(&self, n: usize) -> &Tok {
-        &self.toks[(self.i + n).min(self.toks.len() - 1)].tok
-    }
-
     fn pos(&self) -> Pos {
         pos_of(&self.toks[self.i])
-    }
-
-    fn next(&mut self) -> Token {
-        let t = self.toks[self.i].clone();
-        if self.i < self.toks.len() - 1 {
-            self.i += 1;
-        }
-        t
     }
 
     fn err_at(&self, pos: Pos, message: impl Into<String>) -> DslError {
@@ -166,32 +136,6 @@ impl Parser<'_> {
         )
     }
 
-    fn is_punct(&self, p: &str) -> bool {
-        matches!(self.peek(), Tok::Punct(q) if *q == p)
-    }
-
-    fn is_word(&self, w: &str) -> bool {
-        matches!(self.peek(), Tok::Ident(x) if x == w)
-    }
-
-    fn eat(&mut self, p: &str) -> bool {
-        if self.is_punct(p) {
-            self.next();
-            true
-        } else {
-            false
-        }
-    }
-
-    fn eat_word(&mut self, w: &str) -> bool {
-        if self.is_word(w) {
-            self.next();
-            true
-        } else {
-            false
-        }
-    }
-
     fn expect(&mut self, p: &str, why: &str) -> Result<()> {
         if self.eat(p) {
             Ok(())
@@ -204,7 +148,7 @@ impl Parser<'_> {
     fn name(&mut self, what: &str) -> Result<String> {
         match self.peek().clone() {
             Tok::Ident(s) if !RESERVED.contains(&s.as_str()) => {
-                self.next();
+                self.advance();
                 Ok(s)
             }
             _ => Err(self.expected(what)),
@@ -215,7 +159,7 @@ impl Parser<'_> {
     fn word(&mut self, what: &str) -> Result<String> {
         match self.peek().clone() {
             Tok::Ident(s) => {
-                self.next();
+                self.advance();
                 Ok(s)
             }
             _ => Err(self.expected(what)),
@@ -300,7 +244,7 @@ impl Parser<'_> {
     }
 
     fn metadata(&mut self) -> Result<Vec<Attr>> {
-        self.next(); // `metadata`
+        self.advance(); // `metadata`
         self.expect("{", "to open the metadata block")?;
         let mut out = Vec::new();
         loop {
@@ -320,7 +264,7 @@ impl Parser<'_> {
 
     fn agent(&mut self) -> Result<Agent> {
         let pos = self.pos();
-        self.next(); // `agent`
+        self.advance(); // `agent`
         let name = self.name("an agent name")?;
         let params = if self.is_punct("(") {
             self.params()?
@@ -351,7 +295,7 @@ impl Parser<'_> {
             }
             match self.peek() {
                 Tok::Ident(w) if w == "capabilities" => {
-                    self.next();
+                    self.advance();
                     if !self.eat("=") && !self.eat(":") {
                         return Err(self.expected("`=` or `:` after `capabilities`"));
                     }
@@ -402,7 +346,7 @@ impl Parser<'_> {
                 Tok::Ident(s) if !RESERVED.contains(&s.as_str()) => out.push(s),
                 _ => return Err(self.expected("a capability (a name or a non-empty string)")),
             }
-            self.next();
+            self.advance();
             if !self.eat(",") {
                 self.expect("]", "to close the capability list")?;
                 return Ok(out);
@@ -448,7 +392,7 @@ impl Parser<'_> {
 
     fn type_def(&mut self) -> Result<TypeDef> {
         let pos = self.pos();
-        self.next(); // `type`
+        self.advance(); // `type`
         let name = self.name("a type name")?;
         self.expect("=", &format!("after `type {name}`"))?;
         let spec = if self.eat("{") {
@@ -477,7 +421,7 @@ impl Parser<'_> {
 
     fn function(&mut self) -> Result<Function> {
         let pos = self.pos();
-        self.next(); // `function`
+        self.advance(); // `function`
         let name = self.name("a function name")?;
         if !self.is_punct("(") {
             return Err(self.expected(format!("`(` and the parameters of function `{name}`")));
@@ -500,7 +444,7 @@ impl Parser<'_> {
 
     fn with_block(&mut self) -> Result<WithBlock> {
         let pos = self.pos();
-        self.next(); // `with`
+        self.advance(); // `with`
         let mut attrs: Vec<Attr> = Vec::new();
         while !self.is_punct("{") {
             let apos = self.pos();
@@ -581,7 +525,7 @@ impl Parser<'_> {
         self.enter()?;
         let saved = self.i;
         let t = self.peek().clone();
-        self.next();
+        self.advance();
         let v = match t {
             Tok::Str(s) => Data::Str(s),
             Tok::Int(i) => Data::Int(i),
@@ -592,7 +536,7 @@ impl Parser<'_> {
             Tok::Ident(w) if w == "false" => Data::Bool(false),
             Tok::Ident(w) if !RESERVED.contains(&w.as_str()) => Data::Ident(w),
             Tok::Punct("-") if matches!(self.peek(), Tok::Int(_) | Tok::Float(_)) => {
-                match self.next().tok {
+                match self.advance().tok {
                     Tok::Int(i) => Data::Int(-i),
                     Tok::Float(f) => Data::Float(-f),
                     _ => unreachable!("checked above"),
@@ -622,7 +566,7 @@ impl Parser<'_> {
                     let kpos = self.pos();
                     let key = match self.peek().clone() {
                         Tok::Ident(k) | Tok::Str(k) => {
-                            self.next();
+                            self.advance();
                             k
                         }
                         _ => return Err(self.expected("a record key or `}`")),
@@ -657,7 +601,7 @@ impl Parser<'_> {
     fn policy_block(&mut self) -> Result<PolicyItem> {
         let start = self.i;
         let pos = self.pos();
-        self.next(); // `policy`
+        self.advance(); // `policy`
         let name = self.name("a policy name")?;
         if !self.is_punct("{") {
             return Err(self.expected(format!("`{{` to open policy `{name}`")));
@@ -715,7 +659,7 @@ impl Parser<'_> {
             }
         };
         self.i = end;
-        self.next();
+        self.advance();
         Ok(item)
     }
 
@@ -956,7 +900,7 @@ impl Parser<'_> {
         };
         let kind = match kw.as_str() {
             "let" => {
-                self.next();
+                self.advance();
                 let name = self.name("a variable name after `let`")?;
                 self.expect("=", &format!("after `let {name}`"))?;
                 let value = self.expr(false)?;
@@ -964,7 +908,7 @@ impl Parser<'_> {
                 StmtKind::Let { name, value }
             }
             "return" => {
-                self.next();
+                self.advance();
                 let value = if self.is_punct(";") {
                     None
                 } else {
@@ -979,7 +923,7 @@ impl Parser<'_> {
                 StmtKind::If(node)
             }
             "for" => {
-                self.next();
+                self.advance();
                 let var = self.name("a loop variable after `for`")?;
                 if !self.eat_word("in") {
                     return Err(self.expected(format!("`in` after `for {var}`")));
@@ -990,19 +934,19 @@ impl Parser<'_> {
                 StmtKind::For { var, iter, body }
             }
             "match" => {
-                self.next();
+                self.advance();
                 let subject = self.expr(true)?;
                 let arms = self.arms()?;
                 self.eat(";");
                 StmtKind::Match { subject, arms }
             }
             "try" => {
-                self.next();
+                self.advance();
                 let body = self.block()?;
                 let mut catches = Vec::new();
                 while self.is_word("catch") {
                     let cpos = self.pos();
-                    self.next();
+                    self.advance();
                     self.expect("(", "after `catch`")?;
                     let first = self.name("the name the error is bound to")?;
                     let (ty, name) = if matches!(self.peek(), Tok::Ident(_)) {
@@ -1038,7 +982,7 @@ impl Parser<'_> {
                             "can only assign to a name, a field (a.b) or an element (a[i])",
                         ));
                     }
-                    self.next();
+                    self.advance();
                     let value = self.expr(false)?;
                     self.expect(";", "to end the assignment")?;
                     StmtKind::Assign {
@@ -1062,7 +1006,7 @@ impl Parser<'_> {
     fn if_node(&mut self, need_else: bool) -> Result<IfNode> {
         self.enter()?;
         let pos = self.pos();
-        self.next(); // `if`
+        self.advance(); // `if`
         let pattern = if self.eat_word("let") {
             let p = self.pattern()?;
             self.expect("=", "after the `if let` pattern")?;
@@ -1125,7 +1069,7 @@ impl Parser<'_> {
         self.enter()?;
         let saved = self.i;
         let t = self.peek().clone();
-        self.next();
+        self.advance();
         let p = match t {
             Tok::Ident(w) if w == "_" => Pattern::Wildcard,
             Tok::Ident(w) if w == "true" => Pattern::Lit(Lit::Bool(true)),
@@ -1153,7 +1097,7 @@ impl Parser<'_> {
             Tok::Float(f) => Pattern::Lit(Lit::Float(f)),
             Tok::Duration { text, seconds } => Pattern::Lit(Lit::Duration { text, seconds }),
             Tok::Punct("-") if matches!(self.peek(), Tok::Int(_) | Tok::Float(_)) => {
-                match self.next().tok {
+                match self.advance().tok {
                     Tok::Int(i) => Pattern::Lit(Lit::Int(-i)),
                     Tok::Float(f) => Pattern::Lit(Lit::Float(-f)),
                     _ => unreachable!(),
@@ -1213,7 +1157,7 @@ impl Parser<'_> {
                 return Ok(lhs);
             };
             let pos = lhs.pos;
-            self.next();
+            self.advance();
             // Each operator wraps the tree one level deeper.
             self.enter()?;
             chained += 1;
@@ -1238,7 +1182,7 @@ impl Parser<'_> {
             _ => None,
         };
         if let Some(op) = op {
-            self.next();
+            self.advance();
             self.enter()?;
             let operand = self.unary(ns)?;
             self.leave();
@@ -1307,7 +1251,7 @@ impl Parser<'_> {
                 && matches!(self.peek_at(1), Tok::Punct("=" | ":"));
             let name = if named {
                 let n = self.word("an argument name")?;
-                self.next();
+                self.advance();
                 Some(n)
             } else {
                 None
@@ -1323,7 +1267,7 @@ impl Parser<'_> {
 
     fn record_fields(&mut self) -> Result<Vec<(String, Expr)>> {
         // The current token is `{`.
-        self.next();
+        self.advance();
         let mut fields: Vec<(String, Expr)> = Vec::new();
         loop {
             if self.eat("}") {
@@ -1332,7 +1276,7 @@ impl Parser<'_> {
             let kpos = self.pos();
             let key = match self.peek().clone() {
                 Tok::Ident(k) | Tok::Str(k) => {
-                    self.next();
+                    self.advance();
                     k
                 }
                 _ => return Err(self.expected("a field name or `}`")),
@@ -1356,27 +1300,27 @@ impl Parser<'_> {
         let tok = self.peek().clone();
         let e = match tok {
             Tok::Str(s) => {
-                self.next();
+                self.advance();
                 lit(Lit::Str(s))
             }
             Tok::Int(i) => {
-                self.next();
+                self.advance();
                 lit(Lit::Int(i))
             }
             Tok::Float(f) => {
-                self.next();
+                self.advance();
                 lit(Lit::Float(f))
             }
             Tok::Duration { text, seconds } => {
-                self.next();
+                self.advance();
                 lit(Lit::Duration { text, seconds })
             }
             Tok::Vault(v) => {
-                self.next();
+                self.advance();
                 lit(Lit::Vault(v))
             }
             Tok::Ident(w) if w == "true" || w == "false" => {
-                self.next();
+                self.advance();
                 lit(Lit::Bool(w == "true"))
             }
             Tok::Ident(w) if w == "if" => Expr {
@@ -1384,7 +1328,7 @@ impl Parser<'_> {
                 pos,
             },
             Tok::Ident(w) if !RESERVED.contains(&w.as_str()) => {
-                self.next();
+                self.advance();
                 if self.eat("=>") {
                     let body = self.expr(ns)?;
                     Expr {
@@ -1417,7 +1361,7 @@ impl Parser<'_> {
                 pos,
             },
             Tok::Punct("[") => {
-                self.next();
+                self.advance();
                 let mut items = Vec::new();
                 loop {
                     if self.eat("]") {
@@ -1435,7 +1379,7 @@ impl Parser<'_> {
                 }
             }
             Tok::Punct("(") => {
-                self.next();
+                self.advance();
                 let e = self.expr(false)?;
                 self.expect(")", "to close `(`")?;
                 e
@@ -1726,6 +1670,60 @@ agent triage(ticket: Ticket, limits: Map<String, int>) -> Result<Report, Error> 
         );
         let (_, _, m) = err(&deep);
         assert!(m.contains("nested more than"), "{m}");
+    }
+
+    /// Every recursive rule, far past the limit: an error naming the limit, never a crash.
+    #[test]
+    fn every_kind_of_deep_nesting_is_an_error() {
+        let n = 100_000;
+        let body = |inner: String| format!("function f() {{ {inner} }}");
+        let cases = [
+            body(format!("{}1{}", "{x: ".repeat(n), "}".repeat(n))),
+            body(format!("{}1{}", "T {x: ".repeat(n), "}".repeat(n))),
+            body(format!("{}x", "!".repeat(n))),
+            body(format!("{}x", "- ".repeat(n))),
+            body(format!("{}x", "not ".repeat(n))),
+            body(format!("{}1{}", "[".repeat(n), "]".repeat(n))),
+            body(format!("{}1", "x => ".repeat(n))),
+            body(format!("x{}", " + x".repeat(n))),
+            body(format!("x{}", ".y".repeat(n))),
+            body(format!("f{}", "()".repeat(n))),
+            body(format!("{}x{}", "f(".repeat(n), ")".repeat(n))),
+            body(format!(
+                "if a {{ 1 }}{} else {{ 2 }}",
+                " else if a { 1 }".repeat(n)
+            )),
+            body(format!("{}1{}", "if a { ".repeat(n), " }".repeat(n))),
+            format!("metadata {{ k = {}1{} }}", "[".repeat(n), "]".repeat(n)),
+            format!("metadata {{ k = {}1{} }}", "{a: ".repeat(n), "}".repeat(n)),
+            format!("type T = {}int{}", "List<".repeat(n), ">".repeat(n)),
+            format!(
+                "agent a {{ policy p {{ allow: x if {}y }} }}",
+                "!".repeat(n)
+            ),
+            format!("policy p {{ allow: x if y{} }}", " && y".repeat(n)),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .map(|text| (text, err(text).2))
+            .filter(|(_, m)| !m.contains("nested more than 256 levels deep"))
+            .map(|(text, m)| format!("{text:.60}: {m}"))
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// Text that could nest deeply moves to a thread with a large stack; shallow text
+    /// parses on the caller's, and both give the same answer.
+    #[test]
+    fn the_depth_limit_is_reachable_and_exact() {
+        let at = |k: usize| body_at(&format!("{}1{}", "(".repeat(k), ")".repeat(k)));
+        fn body_at(e: &str) -> String {
+            format!("function f() {{ {e} }}")
+        }
+        // The function body `{` and the tail expression are two levels.
+        assert!(parse(&at(MAX_DEPTH - 2), "t").is_ok());
+        assert!(parse(&at(MAX_DEPTH - 1), "t").is_err());
+        assert_eq!(parse(&at(3), "t"), parse(&at(3), "t"));
     }
 
     #[test]

@@ -235,6 +235,12 @@ pub fn write_expr(e: &Expr, out: &mut String) {
     match e {
         Expr::Lit(v) => write_value(v, out),
         Expr::Path(r, p) => write_path(*r, p, out),
+        // `!!x` rather than `!(!x)`: printing adds no nesting, so a condition at the parser's
+        // depth limit reads back.
+        Expr::Not(x) if matches!(**x, Expr::Not(_)) => {
+            out.push('!');
+            write_expr(x, out);
+        }
         Expr::Not(x) => {
             out.push('!');
             write_sub(x, 5, out);

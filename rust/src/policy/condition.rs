@@ -84,6 +84,11 @@ fn path_name(root: Root, path: &[String]) -> String {
     s
 }
 
+// Errors are built out of line (`#[cold]`, no inlining) and lookups are not inlined, so the
+// frames of the recursive `eval`/`truth` stay small: a condition nested to the parser's
+// limit evaluates on a small thread stack.
+
+#[inline(never)]
 fn lookup<'a>(req: &'a Request, root: Root, path: &[String]) -> Result<&'a Value> {
     let base: &Map = match root {
         Root::PrincipalId => return Ok(&req.principal_id),
@@ -155,6 +160,8 @@ fn order(a: &Value, b: &Value) -> Option<Ordering> {
     }
 }
 
+#[cold]
+#[inline(never)]
 fn mismatch(op: &str, a: &Value, b: &Value, e: &Expr) -> PolicyError {
     PolicyError::Eval(format!(
         "cannot apply `{op}` to a {} and a {} in `{}`",
@@ -203,13 +210,19 @@ pub fn truth(e: &Expr, req: &Request) -> Result<bool> {
     match eval(e, req)? {
         V::B(b) => Ok(b),
         V::R(Value::Bool(b)) => Ok(*b),
-        V::R(other) => Err(PolicyError::Eval(format!(
-            "`{}` is a {}, not a bool; compare it, e.g. `{} == ...`",
-            super::ast::expr_to_string(e),
-            other.type_name(),
-            super::ast::expr_to_string(e)
-        ))),
+        V::R(other) => Err(not_bool(e, other)),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn not_bool(e: &Expr, v: &Value) -> PolicyError {
+    PolicyError::Eval(format!(
+        "`{}` is a {}, not a bool; compare it, e.g. `{} == ...`",
+        super::ast::expr_to_string(e),
+        v.type_name(),
+        super::ast::expr_to_string(e)
+    ))
 }
 
 #[cfg(test)]
@@ -248,6 +261,60 @@ mod tests {
             Ok(true),
             "|| short-circuits"
         );
+    }
+
+    /// The parser's depth limit bounds every recursion over a condition: one nested to the
+    /// limit in each way evaluates, prints, converts and drops on a small thread stack.
+    #[test]
+    fn conditions_at_the_depth_limit_evaluate_on_a_small_stack() {
+        use super::super::parser::MAX_DEPTH as N;
+        let list = format!("{}1{}", "[".repeat(N), "]".repeat(N));
+        let cases = [
+            (
+                format!("{}principal.level == 3{}", "(".repeat(N), ")".repeat(N)),
+                true,
+            ),
+            (format!("{}true", "!".repeat(N)), N % 2 == 0),
+            (format!("{}true", "not ".repeat(N)), N % 2 == 0),
+            (format!("true{}", " && true".repeat(N)), true),
+            (format!("false{}", " || false".repeat(N)), false),
+            (format!("{list} == {list}"), true),
+            (format!("{list} in {list}"), false),
+            (
+                format!(
+                    "{}!(1 in [2]){}",
+                    "(!".repeat(N / 2 - 2),
+                    ")".repeat(N / 2 - 2)
+                ),
+                (N / 2 - 2) % 2 == 0,
+            ),
+        ];
+        let parsed: Vec<(Expr, bool)> = cases
+            .iter()
+            .map(|(text, want)| (parse_condition(text, "c", &[]).unwrap(), *want))
+            .collect();
+        // Release builds need a few dozen KiB here; debug frames are many times larger.
+        let stack = if cfg!(debug_assertions) {
+            4 << 20
+        } else {
+            256 << 10
+        };
+        std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn(move || {
+                let r = req();
+                for (e, want) in parsed {
+                    assert_eq!(truth(&e, &r), Ok(want));
+                    let text = super::super::ast::expr_to_string(&e);
+                    assert!(!text.is_empty());
+                    let copy = e.clone();
+                    assert_eq!(copy, e);
+                    drop(copy);
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

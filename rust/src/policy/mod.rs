@@ -3,7 +3,7 @@
 //!
 //! * [`ast`]: the IR (policies, rules, typed condition expressions, values), its DSL printer
 //!   and its dict-form conversion.
-//! * [`parser`]: lexer and recursive-descent parser for policy text, with line:col errors.
+//! * [`parser`]: recursive-descent parser over the shared tokenizer (crate::lex) for policy text, with line:col errors.
 //! * [`condition`]: typed evaluation of condition expressions against a request.
 //! * [`engine`]: the compiled, atomically swapped policy set and the decision procedure.
 //! * [`py`]: Python bindings (`Policy`, `PolicyEngineCore`, decision classes).

@@ -1,4 +1,5 @@
-//! Lexer and recursive-descent parser for Symbiont policy blocks and condition expressions.
+//! Recursive-descent parser for Symbiont policy blocks and condition expressions, over the
+//! tokens of [`crate::lex`] in the policy dialect. Nesting is limited to [`MAX_DEPTH`] levels.
 //!
 //! Grammar (`//`, `#` and `/* */` are comments; clauses may be separated by `,` or `;`):
 //!
@@ -24,293 +25,65 @@
 use super::ast::{CmpOp, Effect, Expr, Map, Policy, Root, Rule, Value};
 use super::{PolicyError, Result};
 
-#[derive(Debug, Clone, PartialEq)]
-enum Tok {
-    Ident(String),
-    Str(String),
-    Int(i64),
-    Float(f64),
-    Punct(&'static str),
-    /// A character policies never use; fine outside policy blocks, an error inside.
-    Other(char),
-    Eof,
-}
+use crate::lex::{Cursor, Dialect, LexError, Tok, Token};
 
-#[derive(Debug, Clone)]
-struct Token {
-    tok: Tok,
-    line: usize,
-    col: usize,
-}
+/// Deepest nesting a policy accepts: each `(`, `!`/`not`, chained `&&`/`||` operator and
+/// `[`/`{` of a literal is one level. Deeper text is a parse error, so parsing, evaluating,
+/// printing and dropping a condition never recurse more than this.
+pub const MAX_DEPTH: usize = 256;
 
-const PUNCTS: &[&str] = &[
-    "==", "!=", "<=", ">=", "&&", "||", "{", "}", "[", "]", "(", ")", ":", ",", ";", ".", "<", ">",
-    "!", "=", "*",
-];
-
-struct Lexer<'a> {
-    src: &'a str,
-    source: &'a str,
-    pos: usize,
-    line: usize,
-    col: usize,
-}
-
-impl<'a> Lexer<'a> {
-    fn err(&self, line: usize, col: usize, message: String) -> PolicyError {
-        PolicyError::Parse {
-            origin: self.source.to_string(),
-            line,
-            column: col,
-            message,
-        }
-    }
-
-    fn peek(&self) -> Option<char> {
-        self.src[self.pos..].chars().next()
-    }
-
-    fn peek2(&self) -> Option<char> {
-        let mut it = self.src[self.pos..].chars();
-        it.next();
-        it.next()
-    }
-
-    fn bump(&mut self) -> Option<char> {
-        let c = self.peek()?;
-        self.pos += c.len_utf8();
-        if c == '\n' {
-            self.line += 1;
-            self.col = 1;
-        } else {
-            self.col += 1;
-        }
-        Some(c)
-    }
-
-    fn tokens(mut self) -> Result<Vec<Token>> {
-        let mut out = Vec::new();
-        loop {
-            // whitespace and comments
-            loop {
-                match (self.peek(), self.peek2()) {
-                    (Some(c), _) if c.is_whitespace() => {
-                        self.bump();
-                    }
-                    (Some('#'), _) | (Some('/'), Some('/')) => {
-                        while !matches!(self.peek(), None | Some('\n')) {
-                            self.bump();
-                        }
-                    }
-                    (Some('/'), Some('*')) => {
-                        let (l, c) = (self.line, self.col);
-                        self.bump();
-                        self.bump();
-                        loop {
-                            match (self.peek(), self.peek2()) {
-                                (Some('*'), Some('/')) => {
-                                    self.bump();
-                                    self.bump();
-                                    break;
-                                }
-                                (None, _) => {
-                                    return Err(self.err(
-                                        l,
-                                        c,
-                                        "unterminated /* comment; close it with */".into(),
-                                    ))
-                                }
-                                _ => {
-                                    self.bump();
-                                }
-                            }
-                        }
-                    }
-                    _ => break,
-                }
-            }
-            let (line, col) = (self.line, self.col);
-            let Some(c) = self.peek() else {
-                out.push(Token {
-                    tok: Tok::Eof,
-                    line,
-                    col,
-                });
-                return Ok(out);
-            };
-            let tok = if c.is_ascii_alphabetic() || c == '_' {
-                let start = self.pos;
-                while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || c == '_') {
-                    self.bump();
-                }
-                Tok::Ident(self.src[start..self.pos].to_string())
-            } else if c.is_ascii_digit()
-                || (c == '-' && matches!(self.peek2(), Some(d) if d.is_ascii_digit()))
-            {
-                self.number(line, col)?
-            } else if c == '"' {
-                self.string(line, col)?
-            } else if let Some(p) = PUNCTS
-                .iter()
-                .find(|p| self.src[self.pos..].starts_with(**p))
-            {
-                for _ in 0..p.len() {
-                    self.bump();
-                }
-                Tok::Punct(p)
-            } else {
-                self.bump();
-                Tok::Other(c)
-            };
-            out.push(Token { tok, line, col });
-        }
-    }
-
-    fn number(&mut self, line: usize, col: usize) -> Result<Tok> {
-        let start = self.pos;
-        if self.peek() == Some('-') {
-            self.bump();
-        }
-        let digits = |l: &mut Self| {
-            while matches!(l.peek(), Some(c) if c.is_ascii_digit()) {
-                l.bump();
-            }
-        };
-        digits(self);
-        let mut float = false;
-        if self.peek() == Some('.') && matches!(self.peek2(), Some(c) if c.is_ascii_digit()) {
-            float = true;
-            self.bump();
-            digits(self);
-        }
-        if matches!(self.peek(), Some('e' | 'E')) {
-            let save = (self.pos, self.line, self.col);
-            self.bump();
-            if matches!(self.peek(), Some('+' | '-')) {
-                self.bump();
-            }
-            if matches!(self.peek(), Some(c) if c.is_ascii_digit()) {
-                float = true;
-                digits(self);
-            } else {
-                (self.pos, self.line, self.col) = save;
-            }
-        }
-        let text = &self.src[start..self.pos];
-        if float {
-            text.parse::<f64>()
-                .ok()
-                .filter(|f| f.is_finite())
-                .map(Tok::Float)
-                .ok_or_else(|| self.err(line, col, format!("number {text} is out of range")))
-        } else {
-            text.parse::<i64>()
-                .map(Tok::Int)
-                .map_err(|_| self.err(line, col, format!("integer {text} does not fit in 64 bits")))
-        }
-    }
-
-    fn string(&mut self, line: usize, col: usize) -> Result<Tok> {
-        self.bump();
-        let mut s = String::new();
-        loop {
-            match self.bump() {
-                None => {
-                    return Err(self.err(line, col, "unterminated string; close it with \"".into()))
-                }
-                Some('"') => return Ok(Tok::Str(s)),
-                Some('\\') => {
-                    let (l, c) = (self.line, self.col);
-                    match self.bump() {
-                        Some('"') => s.push('"'),
-                        Some('\\') => s.push('\\'),
-                        Some('n') => s.push('\n'),
-                        Some('t') => s.push('\t'),
-                        Some('r') => s.push('\r'),
-                        Some('u') if self.peek() == Some('{') => {
-                            self.bump();
-                            let start = self.pos;
-                            while matches!(self.peek(), Some(c) if c.is_ascii_hexdigit()) {
-                                self.bump();
-                            }
-                            let hex = &self.src[start..self.pos];
-                            let ch = u32::from_str_radix(hex, 16).ok().and_then(char::from_u32);
-                            match (ch, self.bump()) {
-                                (Some(ch), Some('}')) => s.push(ch),
-                                _ => return Err(self.err(
-                                    l,
-                                    c,
-                                    "bad \\u{...} escape; write \\u{hex} with a valid code point"
-                                        .into(),
-                                )),
-                            }
-                        }
-                        other => {
-                            return Err(self.err(
-                                l,
-                                c,
-                                format!(
-                                    "unknown escape \\{}; use \\\" \\\\ \\n \\t \\r or \\u{{hex}}",
-                                    other.unwrap_or(' ')
-                                ),
-                            ))
-                        }
-                    }
-                }
-                Some(c) => s.push(c),
-            }
-        }
-    }
-}
+/// Policy tokens: `-3` and `1e5` are numbers; characters policies never use are `Other`
+/// tokens, fine outside policy blocks (a policy inside an `agent { }`), an error inside.
+static POLICY: Dialect = Dialect {
+    puncts: &[
+        "==", "!=", "<=", ">=", "&&", "||", "{", "}", "[", "]", "(", ")", ":", ",", ";", ".", "<",
+        ">", "!", "=", "*",
+    ],
+    units: &[],
+    long_units: &[],
+    digit_separators: false,
+    vault_refs: false,
+    signed_numbers: true,
+    exponents: true,
+    lenient_escapes: false,
+    strict_chars: None,
+    describe_chars: usize::MAX,
+};
 
 fn lex(text: &str, source: &str) -> Result<Vec<Token>> {
-    Lexer {
-        src: text,
-        source,
-        pos: 0,
-        line: 1,
-        col: 1,
-    }
-    .tokens()
+    POLICY.lex(text).map_err(
+        |LexError::Invalid {
+             line,
+             column,
+             message,
+         }| {
+            PolicyError::Parse {
+                origin: source.to_string(),
+                line,
+                column,
+                message,
+            }
+        },
+    )
 }
 
 fn describe(t: &Tok) -> String {
-    match t {
-        Tok::Ident(s) => format!("`{s}`"),
-        Tok::Str(s) => format!("string {s:?}"),
-        Tok::Int(i) => format!("number {i}"),
-        Tok::Float(f) => format!("number {f}"),
-        Tok::Punct(p) => format!("`{p}`"),
-        Tok::Other(c) => format!("`{c}`"),
-        Tok::Eof => "end of input".into(),
-    }
+    POLICY.describe(t)
 }
 
 struct Parser<'a> {
-    toks: Vec<Token>,
-    i: usize,
+    /// The tokens and the position in them (`peek`, `advance`, `eat`, ... come from the cursor).
+    cur: Cursor<'a>,
     source: &'a str,
     /// Names bound to the resource by `action(name)` in the current rule.
     aliases: Vec<String>,
+    /// Nesting levels open at the current token (see [`MAX_DEPTH`]).
+    depth: usize,
 }
 
+crate::lex::cursor_methods!(Parser);
+
 impl Parser<'_> {
-    fn peek(&self) -> &Tok {
-        &self.toks[self.i].tok
-    }
-
-    fn peek_at(&self, n: usize) -> &Tok {
-        &self.toks[(self.i + n).min(self.toks.len() - 1)].tok
-    }
-
-    fn next(&mut self) -> Token {
-        let t = self.toks[self.i].clone();
-        if self.i < self.toks.len() - 1 {
-            self.i += 1;
-        }
-        t
-    }
-
     fn err_at(&self, t: &Token, message: String) -> PolicyError {
         PolicyError::Parse {
             origin: self.source.to_string(),
@@ -325,23 +98,6 @@ impl Parser<'_> {
         self.err_at(t, format!("{}, found {}", message.into(), describe(&t.tok)))
     }
 
-    fn is_punct(&self, p: &str) -> bool {
-        matches!(self.peek(), Tok::Punct(q) if *q == p)
-    }
-
-    fn is_ident(&self, s: &str) -> bool {
-        matches!(self.peek(), Tok::Ident(x) if x == s)
-    }
-
-    fn eat(&mut self, p: &str) -> bool {
-        if self.is_punct(p) {
-            self.next();
-            true
-        } else {
-            false
-        }
-    }
-
     fn expect(&mut self, p: &str, what: &str) -> Result<()> {
         if self.eat(p) {
             Ok(())
@@ -350,10 +106,30 @@ impl Parser<'_> {
         }
     }
 
+    /// One level deeper at the current token; an error past [`MAX_DEPTH`].
+    fn enter(&mut self) -> Result<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            let t = &self.toks[self.i];
+            return Err(self.err_at(
+                t,
+                format!(
+                    "nested more than {MAX_DEPTH} levels deep (each `(`, `!`, chained `&&`/`||` and `[`/`{{` counts); \
+                     simplify it, e.g. `x in [a, b]` instead of a long `||` chain"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self, levels: usize) {
+        self.depth -= levels;
+    }
+
     fn name(&mut self, what: &str) -> Result<String> {
         match self.peek().clone() {
             Tok::Ident(s) if !super::ast::KEYWORDS.contains(&s.as_str()) => {
-                self.next();
+                self.advance();
                 Ok(s)
             }
             _ => Err(self.err_here(format!("expected {what}"))),
@@ -365,16 +141,16 @@ impl Parser<'_> {
     fn file(&mut self) -> Result<Vec<Policy>> {
         let mut out = Vec::new();
         while *self.peek() != Tok::Eof {
-            if self.is_ident("policy")
+            if self.is_word("policy")
                 && matches!(self.peek_at(1), Tok::Ident(_))
                 && matches!(self.peek_at(2), Tok::Punct("{"))
             {
                 out.push(self.policy()?);
-            } else if self.is_ident("policy") {
-                self.next();
+            } else if self.is_word("policy") {
+                self.advance();
                 return Err(self.err_here("expected a policy name and `{` after `policy`"));
             } else {
-                self.next();
+                self.advance();
             }
         }
         if out.is_empty() {
@@ -388,7 +164,7 @@ impl Parser<'_> {
     }
 
     fn policy(&mut self) -> Result<Policy> {
-        self.next(); // `policy`
+        self.advance(); // `policy`
         let name = self.name("a policy name")?;
         self.expect("{", "to open the policy body")?;
         let mut p = Policy {
@@ -413,7 +189,7 @@ impl Parser<'_> {
                         "expected a clause: allow, deny, require, audit, conditions or principals",
                     )),
                 };
-            self.next();
+            self.advance();
             self.expect(":", &format!("after `{kw}`"))?;
             match kw.as_str() {
                 "allow" | "deny" => {
@@ -471,8 +247,8 @@ impl Parser<'_> {
                 "an action list needs at least one action (or `*`)".into(),
             ));
         }
-        let condition = if self.is_ident("if") {
-            self.next();
+        let condition = if self.is_word("if") {
+            self.advance();
             Some(self.expr()?)
         } else {
             None
@@ -492,7 +268,7 @@ impl Parser<'_> {
             Tok::Punct("*") => "*".to_string(),
             _ => return Err(self.err_here("expected an action name, a quoted action or `*`")),
         };
-        self.next();
+        self.advance();
         if self.eat("(") {
             let alias = self.name("the name the resource is bound to, as in read(file)")?;
             self.expect(")", "after the bound name")?;
@@ -512,7 +288,7 @@ impl Parser<'_> {
             }
             match self.peek().clone() {
                 Tok::Ident(s) | Tok::Str(s) if !s.is_empty() => {
-                    self.next();
+                    self.advance();
                     out.push(s);
                 }
                 _ => return Err(self.err_here("expected a principal id")),
@@ -576,8 +352,8 @@ impl Parser<'_> {
         let scope =
             self.name("an audit map `{ log_level: \"info\" }` or a scope such as all_operations")?;
         m.insert("scope".into(), Value::Str(scope));
-        if self.is_ident("with") {
-            self.next();
+        if self.is_word("with") {
+            self.advance();
             let mut with = vec![Value::Str(
                 self.name("what to audit with, e.g. digital_signature")?,
             )];
@@ -590,18 +366,22 @@ impl Parser<'_> {
     }
 
     fn map(&mut self) -> Result<Map> {
+        if self.is_punct("{") {
+            self.enter()?;
+        }
         self.expect("{", "to open a mapping")?;
         let mut m = Map::new();
         loop {
             while self.eat(",") || self.eat(";") {}
             if self.eat("}") {
+                self.leave(1);
                 return Ok(m);
             }
             let k = match self.peek().clone() {
                 Tok::Ident(s) | Tok::Str(s) => s,
                 _ => return Err(self.err_here("expected a key or `}`")),
             };
-            self.next();
+            self.advance();
             if !self.eat(":") && !self.eat("=") {
                 return Err(self.err_here(format!("expected `:` after key `{k}`")));
             }
@@ -622,18 +402,21 @@ impl Parser<'_> {
             // A bare word in a value position is a string: `encryption: aes256`.
             Tok::Ident(s) if !super::ast::KEYWORDS.contains(&s.as_str()) => Value::Str(s.clone()),
             Tok::Punct("[") => {
-                self.next();
+                self.enter()?;
+                self.advance();
                 let mut items = Vec::new();
                 loop {
                     if self.eat("]") {
-                        return Ok(Value::List(items));
+                        break;
                     }
                     items.push(self.literal()?);
                     if !self.eat(",") {
                         self.expect("]", "to close the list")?;
-                        return Ok(Value::List(items));
+                        break;
                     }
                 }
+                self.leave(1);
+                return Ok(Value::List(items));
             }
             Tok::Punct("{") => return self.map().map(Value::Map),
             _ => {
@@ -641,36 +424,49 @@ impl Parser<'_> {
                     .err_here("expected a value (string, number, true, false, list or mapping)"))
             }
         };
-        self.next();
+        self.advance();
         Ok(v)
     }
 
     // ---------------------------------------------------------- expressions
 
+    // Each chained `||`/`&&` wraps the tree one level deeper, so it counts as nesting.
+
     fn expr(&mut self) -> Result<Expr> {
         let mut e = self.and()?;
-        while self.is_punct("||") || self.is_ident("or") {
-            self.next();
+        let mut chained = 0;
+        while self.is_punct("||") || self.is_word("or") {
+            self.enter()?;
+            chained += 1;
+            self.advance();
             e = Expr::Or(Box::new(e), Box::new(self.and()?));
         }
+        self.leave(chained);
         Ok(e)
     }
 
     fn and(&mut self) -> Result<Expr> {
         let mut e = self.not()?;
-        while self.is_punct("&&") || self.is_ident("and") {
-            self.next();
+        let mut chained = 0;
+        while self.is_punct("&&") || self.is_word("and") {
+            self.enter()?;
+            chained += 1;
+            self.advance();
             e = Expr::And(Box::new(e), Box::new(self.not()?));
         }
+        self.leave(chained);
         Ok(e)
     }
 
     fn not(&mut self) -> Result<Expr> {
         if self.is_punct("!")
-            || (self.is_ident("not") && !matches!(self.peek_at(1), Tok::Ident(s) if s == "in"))
+            || (self.is_word("not") && !matches!(self.peek_at(1), Tok::Ident(s) if s == "in"))
         {
-            self.next();
-            return Ok(Expr::Not(Box::new(self.not()?)));
+            self.enter()?;
+            self.advance();
+            let e = self.not()?;
+            self.leave(1);
+            return Ok(Expr::Not(Box::new(e)));
         }
         self.cmp()
     }
@@ -687,18 +483,18 @@ impl Parser<'_> {
             _ => None,
         };
         if let Some(op) = op {
-            self.next();
+            self.advance();
             let rhs = self.primary()?;
             return Ok(Expr::Cmp(op, Box::new(lhs), Box::new(rhs)));
         }
-        if self.is_ident("in") {
-            self.next();
+        if self.is_word("in") {
+            self.advance();
             let rhs = self.primary()?;
             return Ok(Expr::In(Box::new(lhs), Box::new(rhs)));
         }
-        if self.is_ident("not") && matches!(self.peek_at(1), Tok::Ident(s) if s == "in") {
-            self.next();
-            self.next();
+        if self.is_word("not") && matches!(self.peek_at(1), Tok::Ident(s) if s == "in") {
+            self.advance();
+            self.advance();
             let rhs = self.primary()?;
             return Ok(Expr::Not(Box::new(Expr::In(Box::new(lhs), Box::new(rhs)))));
         }
@@ -712,9 +508,11 @@ impl Parser<'_> {
         let t = self.toks[self.i].clone();
         match &t.tok {
             Tok::Punct("(") => {
-                self.next();
+                self.enter()?;
+                self.advance();
                 let e = self.expr()?;
                 self.expect(")", "to close `(`")?;
+                self.leave(1);
                 Ok(e)
             }
             Tok::Str(_) | Tok::Int(_) | Tok::Float(_) | Tok::Punct("[") | Tok::Punct("{") => {
@@ -724,7 +522,7 @@ impl Parser<'_> {
                 Ok(Expr::Lit(self.literal()?))
             }
             Tok::Ident(s) if !super::ast::KEYWORDS.contains(&s.as_str()) => {
-                self.next();
+                self.advance();
                 let mut segs = vec![s.clone()];
                 while self.eat(".") {
                     segs.push(self.name("a field name after `.`")?);
@@ -777,31 +575,35 @@ impl Parser<'_> {
 /// Parse every `policy` block in `text`. `source` (a file name) prefixes error positions.
 pub fn parse_policies(text: &str, source: &str) -> Result<Vec<Policy>> {
     let toks = lex(text, source)?;
-    Parser {
-        toks,
-        i: 0,
-        source,
-        aliases: vec![],
-    }
-    .file()
+    crate::lex::with_parser_stack(&toks, || {
+        Parser {
+            cur: Cursor::new(&toks),
+            source,
+            aliases: vec![],
+            depth: 0,
+        }
+        .file()
+    })
 }
 
 /// Parse one condition expression (the dict form's `"if"` text). `aliases` name the resource.
 pub fn parse_condition(text: &str, source: &str, aliases: &[String]) -> Result<Expr> {
     let toks = lex(text, source)?;
-    let mut p = Parser {
-        toks,
-        i: 0,
-        source,
-        aliases: aliases.to_vec(),
-    };
-    let e = p.expr()?;
-    if *p.peek() != Tok::Eof {
-        return Err(
-            p.err_here("unexpected text after the condition; join conditions with && or ||")
-        );
-    }
-    Ok(e)
+    crate::lex::with_parser_stack(&toks, || {
+        let mut p = Parser {
+            cur: Cursor::new(&toks),
+            source,
+            aliases: aliases.to_vec(),
+            depth: 0,
+        };
+        let e = p.expr()?;
+        if *p.peek() != Tok::Eof {
+            return Err(
+                p.err_here("unexpected text after the condition; join conditions with && or ||")
+            );
+        }
+        Ok(e)
+    })
 }
 
 #[cfg(test)]
@@ -936,6 +738,64 @@ mod tests {
         assert!(m.contains("no policy block found"), "{m}");
         let (l, c, m) = err("policy p {\n allow: read\n");
         assert_eq!((l, c), (3, 1), "{m}");
+    }
+
+    /// Each way of nesting, far past the limit: a parse error at the first level too deep.
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let n = 100_000;
+        let cases = [
+            format!("{}x == 1{}", "(".repeat(n), ")".repeat(n)),
+            format!("{}x", "!".repeat(n)),
+            format!("{}x", "not ".repeat(n)),
+            format!("x{}", " && x".repeat(n)),
+            format!("x{}", " or x".repeat(n)),
+            format!("x in {}1{}", "[".repeat(n), "]".repeat(n)),
+            format!("x == {}", "{a: ".repeat(n)),
+        ];
+        for cond in &cases {
+            let text = format!("policy p {{\n allow: read if {cond}\n}}");
+            let (l, c, m) = err(&text);
+            assert!(
+                m.contains(&format!("nested more than {MAX_DEPTH} levels deep")),
+                "{m}"
+            );
+            assert_eq!(l, 2, "{m}");
+            assert!(c > MAX_DEPTH && c < 20 * MAX_DEPTH, "{c}: {m}");
+            let Err(PolicyError::Parse { message, .. }) = parse_condition(cond, "c", &[]) else {
+                panic!("{cond:.40}: expected a parse error")
+            };
+            assert!(message.contains("nested more than"), "{message}");
+        }
+        let (l, c, m) = err(&format!(
+            "policy p {{ require: {{ k: {}1{} }} }}",
+            "[".repeat(n),
+            "]".repeat(n)
+        ));
+        // `{` at column 21 is level 1, so level MAX_DEPTH + 1 is the `[` at 26 + MAX_DEPTH - 1.
+        assert_eq!((l, c), (1, 26 + MAX_DEPTH - 1), "{m}");
+        // The levels are exact: MAX_DEPTH opens are fine, one more is not.
+        let at = |k: usize| format!("{}x{}", "(".repeat(k), ")".repeat(k));
+        assert!(parse_condition(&at(MAX_DEPTH), "c", &[]).is_ok());
+        assert!(parse_condition(&at(MAX_DEPTH + 1), "c", &[]).is_err());
+        let chain = |k: usize| format!("x{}", " || x".repeat(k));
+        assert!(parse_condition(&chain(MAX_DEPTH), "c", &[]).is_ok());
+        assert!(parse_condition(&chain(MAX_DEPTH + 1), "c", &[]).is_err());
+        // What is accepted prints as text that is accepted again (no added nesting).
+        let list = format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        for text in [
+            at(MAX_DEPTH),
+            chain(MAX_DEPTH),
+            format!("{}x", "!".repeat(MAX_DEPTH)),
+            format!("{list} == {list}"),
+        ] {
+            let e = parse_condition(&text, "c", &[]).unwrap();
+            let printed = super::super::ast::expr_to_string(&e);
+            assert_eq!(parse_condition(&printed, "c", &[]), Ok(e), "{printed:.60}");
+        }
+        // Levels close again: many shallow groups in a row are fine.
+        let wide = vec!["((x))"; 200].join(" && !");
+        assert!(parse_condition(&wide, "c", &[]).is_ok());
     }
 
     #[test]
