@@ -1240,22 +1240,18 @@ class Bus:
         delivery = self._delivery
         if delivery is None or not reply_to:
             return
+        value: Any = None
+        error: Optional[BaseException] = None
         try:
             # Wait past the requester's deadline (up to handler_timeout): a late reply is
             # still sent, so the requester can drop and count it.
             wait = max(timeout, self._handler_timeout)
             value = await delivery.wait_reply(handle, recipient=agent, timeout=wait)
-            ctype = codec.type_name_of(value) if isinstance(value, Message) else codec.ANY_TYPE
-            payload = codec.encode_frame(codec.KIND_REPLY, value, corr=corr)
-            self._check_size(payload)
         except RequestTimeout:
             return  # the requester times out on its own
         except Exception as e:
-            if reply_to.startswith(f"symbi.reply.{self._bus_token}."):
-                # The requester is on this bus: hand it the exception object itself.
-                self._ack_errors[f"reply:{corr}"] = e
-            ctype = codec.ERROR_TYPE
-            payload = codec.encode_frame(codec.KIND_REPLY_ERROR, codec.describe_error(e), corr=corr)
+            error = e
+        ctype, payload = self._reply_frame(corr, self._is_local(reply_to), value, error)
         if agent not in self._agents:
             self._orphan_reply(agent, requester, corr, self._is_local(reply_to))
             return
@@ -1284,26 +1280,32 @@ class Bus:
         if not reply_to:
             return
         local = self._is_local(reply_to)
-        if error is None:
-            try:
-                ctype = codec.type_name_of(value) if isinstance(value, Message) else codec.ANY_TYPE
-                payload = codec.encode_frame(codec.KIND_REPLY, value, corr=corr)
-                self._check_size(payload)
-            except Exception as e:
-                error = e
-        if error is not None:
-            if local:  # the requester is on this bus: hand it the exception itself
-                self._ack_errors[f"reply:{corr}"] = error
-            ctype = codec.ERROR_TYPE
-            payload = codec.encode_frame(
-                codec.KIND_REPLY_ERROR, codec.describe_error(error), corr=corr
-            )
+        ctype, payload = self._reply_frame(corr, local, value, error)
         if agent not in self._agents:
             self._orphan_reply(agent, requester, corr, local)
             return
         self._replies.append(_ReplyJob(agent, requester, corr, reply_to, ctype, payload))
         if len(self._replies) == 1 and self._tg is not None:
             self._tg.start_soon(self._flush_replies)
+
+    def _reply_frame(
+        self, corr: str, local: bool, value: Any, error: Optional[BaseException]
+    ) -> tuple[str, bytes]:
+        """(content type, frame) of a reply: the value, or the error (also when the value
+        cannot be encoded or is too large)."""
+        if error is None:
+            try:
+                ctype = codec.type_name_of(value) if isinstance(value, Message) else codec.ANY_TYPE
+                payload = codec.encode_frame(codec.KIND_REPLY, value, corr=corr)
+                self._check_size(payload)
+                return ctype, payload
+            except Exception as e:
+                error = e
+        if local:  # the requester is on this bus: hand it the exception object itself
+            self._ack_errors[f"reply:{corr}"] = error
+        return codec.ERROR_TYPE, codec.encode_frame(
+            codec.KIND_REPLY_ERROR, codec.describe_error(error), corr=corr
+        )
 
     def _orphan_reply(self, agent: str, requester: str, corr: str, local: bool) -> None:
         """The agent was terminated while handling: its key is gone, so it cannot sign a
