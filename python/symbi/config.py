@@ -105,6 +105,10 @@ class RuntimeConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=T
     preemption: bool = True
     #: When an agent's mailbox is full: the sender waits (up to its timeout) or fails.
     full_mailbox: Literal["wait", "fail"] = "wait"
+    #: Messages an agent handles per scheduled task before it goes back to the queue (one
+    #: placement and one Running period for the lot, as actor runtimes batch mailbox work).
+    #: 1 schedules every message on its own; higher favours throughput over fairness.
+    dispatch_quantum: Annotated[int, Meta(ge=1, le=65_536)] = 64
 
 
 class SecurityConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):

@@ -134,8 +134,8 @@ class _Reply:
 
     __slots__ = ("callback", "done", "error", "timed_out", "value")
 
-    def __init__(self) -> None:
-        self.done = anyio.Event()
+    def __init__(self, done: anyio.Event) -> None:
+        self.done = done
         self.value: Any = None
         self.error: Optional[BaseException] = None
         self.timed_out = False
@@ -261,6 +261,7 @@ class AgentHost:
         policy: Optional[Enforcer] = None,
         audit: Optional[AuditSink] = None,
         full_mailbox: Literal["wait", "fail"] = "wait",
+        dispatch_quantum: int = 64,
     ) -> None:
         self.max_agents = max_agents
         self.mailbox_size = mailbox_size
@@ -269,6 +270,7 @@ class AgentHost:
         self._policy = policy
         self._audit = audit
         self._full_mailbox = full_mailbox
+        self._quantum = dispatch_quantum
         self._agents: dict[str, _Record] = {}
         self._by_name: dict[str, str] = {}
         self._by_task: dict[int, _Record] = {}
@@ -279,12 +281,16 @@ class AgentHost:
         self._late_replies = 0
         self._stopping = False
         self._deadlines = Deadlines()
+        # anyio.Event() looks up the running backend on every call (~2 µs, per request);
+        # start() resolves the backend's own class once.
+        self._event: Callable[[], anyio.Event] = anyio.Event
         if audit is not None:
             self.lifecycle.subscribe(self._audit_transition)
 
     # -------------------------------------------------------------- component
     async def start(self, task_group: TaskGroup) -> None:
         self._tg = task_group
+        self._event = type(anyio.Event())
         task_group.start_soon(self._deadlines.run, name="symbi.agents.deadlines")
 
     async def stop(self) -> None:
@@ -640,7 +646,7 @@ class AgentHost:
             ) from None
         size = len(msgspec.msgpack.encode(msg))
         rec.account.charge_memory(size, f"{type(msg).__name__} message")
-        reply = _Reply() if want_reply else None
+        reply = _Reply(self._event()) if want_reply else None
         rec.mailbox.append(_Envelope(msg, sender, reply, size))
         self._submit(rec)
         return reply
@@ -656,7 +662,7 @@ class AgentHost:
         if rec.space is None:
             rec.space = deque()
         waiters = rec.space
-        turn = anyio.Event()
+        turn = self._event()
         waiters.append(turn)
         try:
             with anyio.fail_after(timeout):
@@ -671,7 +677,7 @@ class AgentHost:
                         )
                     if len(rec.mailbox) < self.mailbox_size:
                         return
-                    turn = anyio.Event()  # the slot went to someone else: wait again, first
+                    turn = self._event()  # the slot went to someone else: wait again, first
                     waiters.appendleft(turn)
         except BaseException:
             with suppress(ValueError):
@@ -740,11 +746,9 @@ class AgentHost:
     async def _run(self, rec: _Record, placement: Placement) -> None:
         """An agent's worker: runs its placed task, then the next ones placed for it."""
         p: Optional[Placement] = placement
-        n = 0
         while p is not None:
-            p = await self._run_one(rec, p)
-            n += 1
-            if p is not None and n % 8 == 0:
+            p = await self._dispatch(rec, p)
+            if p is not None:
                 # Handlers that never await must not starve the rest of the event loop.
                 await anyio.lowlevel.checkpoint()
 
@@ -753,18 +757,68 @@ class AgentHost:
         lim = rec.handle.limits
         return rec.priority is not Priority.CRITICAL and bool(lim.memory_mb or lim.cpu_cores)
 
-    async def _run_one(self, rec: _Record, placement: Placement) -> Optional[Placement]:
+    async def _dispatch(self, rec: _Record, placement: Placement) -> Optional[Placement]:
+        """One scheduled task: the agent handles its queued messages, up to the dispatch
+        quantum, in one Running period. Scheduling, placement and the two lifecycle
+        transitions are paid once per task, not per message, as actor runtimes batch
+        mailbox work (Akka's dispatcher throughput). Limits still apply per message."""
         tid = placement.task_id
         if self._stopping or self._agents.get(rec.id) is not rec:
             return None  # terminated between placement and start
         resumed = self.lifecycle.state(rec.id) is AgentState.SUSPENDED
-        env = rec.running
-        assert env is not None  # set when the task was placed
         self.lifecycle.transition(
             rec.id,
             AgentState.RUNNING,
             f"task {tid} on {placement.slot_id}" + (" (resumed)" if resumed else ""),
         )
+        handled = 0
+        suspend: Optional[ResourceLimitExceeded] = None
+        scope = anyio.CancelScope() if self._preemptable(rec) else None
+        rec.scope = scope
+        try:
+            with scope if scope is not None else nullcontext():
+                while True:
+                    env = rec.running
+                    assert env is not None  # set when the task was placed
+                    suspend = await self._handle(rec, env)
+                    if self._agents.get(rec.id) is not rec:
+                        return None  # terminated meanwhile; its requesters were told
+                    handled += 1
+                    if suspend is not None or handled >= self._quantum or self._stopping:
+                        break
+                    if not rec.mailbox:
+                        break
+                    rec.running = rec.mailbox.popleft()
+                    if rec.space:  # a sender waits for room in the mailbox
+                        self._wake_one(rec)
+                    if handled % 8 == 0:
+                        await anyio.lowlevel.checkpoint()
+                        if self._stopping or self._agents.get(rec.id) is not rec:
+                            return None
+        finally:
+            rec.scope = None
+        if scope is not None and scope.cancelled_caught:
+            if self._stopping or self.lifecycle.state(rec.id) is not AgentState.RUNNING:
+                return None  # shutdown or termination in progress
+            # The scheduler already requeued the task; the message waits to be redone.
+            rec.account.usage.tasks += 1
+            self.lifecycle.transition(
+                rec.id, AgentState.SUSPENDED, "preempted by a higher priority task"
+            )
+            self._record("agent.preempted", rec.id, {"task": tid})
+            return None
+        if suspend is not None:
+            self.lifecycle.transition(rec.id, AgentState.SUSPENDED, f"resource limit: {suspend}")
+        else:
+            self.lifecycle.transition(
+                rec.id, AgentState.READY, f"task {tid} done ({handled} messages)"
+            )
+        return self._finish_task(rec, tid)
+
+    async def _handle(self, rec: _Record, env: _Envelope) -> Optional[ResourceLimitExceeded]:
+        """Run the handler for one message under the agent's limits and settle its reply.
+        Returns the limit error when the agent must be suspended. A cancellation (a
+        preemption) propagates with the message still in ``rec.running``, to be redone."""
         handler = rec.agent.resolve(env.msg)
         assert handler is not None  # checked at delivery
         ctx = Context(
@@ -775,39 +829,17 @@ class AgentHost:
             runtime=self._runtime_api,
         )
         limit = rec.handle.limits.execution_timeout
-        outcome: Literal["done", "timeout", "limit", "preempted", "error"] = "done"
+        timed_out = False
         error: Optional[BaseException] = None
         value: Any = None
-        scope = anyio.CancelScope() if self._preemptable(rec) else None
-        with scope if scope is not None else nullcontext():
-            rec.scope = scope
-            try:
-                with anyio.fail_after(limit) if limit else nullcontext():
+        try:
+            if limit:
+                with anyio.fail_after(limit):
                     value = await Metered(handler(env.msg, ctx), rec.account)
-            except TimeoutError:
-                outcome = "timeout"
-            except ResourceLimitExceeded as e:
-                outcome, error = "limit", e
-            except Exception as e:
-                outcome, error = "error", e
-        rec.scope = None
-        if self._agents.get(rec.id) is not rec:
-            return None  # terminated while it ran; its requester already got DeliveryError
-        if scope is not None and scope.cancelled_caught:
-            if self._stopping or self.lifecycle.state(rec.id) is not AgentState.RUNNING:
-                return None  # shutdown or termination in progress
-            outcome = "preempted"
-        rec.account.usage.tasks += 1
-        if outcome == "preempted":
-            # The scheduler already requeued the task; the message waits to be redone.
-            self.lifecycle.transition(
-                rec.id, AgentState.SUSPENDED, "preempted by a higher priority task"
-            )
-            self._record("agent.preempted", rec.id, {"task": tid})
-            return None
-        rec.running = None
-        rec.account.release_memory(env.size)
-        if outcome == "timeout":
+            else:
+                value = await Metered(handler(env.msg, ctx), rec.account)
+        except TimeoutError:
+            timed_out = True
             rec.account.usage.timeouts += 1
             error = ResourceLimitExceeded(
                 f"agent {rec.name!r} exceeded its execution_timeout of {limit}s handling "
@@ -819,28 +851,35 @@ class AgentHost:
             self._record(
                 "resource.limit_exceeded", rec.id, {"resource": "execution_timeout", "limit": limit}
             )
-        elif outcome == "limit":
-            assert isinstance(error, ResourceLimitExceeded)
+        except ResourceLimitExceeded as e:
+            error = e
             self._record(
                 "resource.limit_exceeded",
                 rec.id,
-                {"resource": error.resource, "limit": error.limit, "used": error.used},
+                {"resource": e.resource, "limit": e.limit, "used": e.used},
             )
-        if env.reply is not None:
-            if env.reply.done.is_set():  # the requester timed out: drop the late reply
+        except Exception as e:
+            error = e
+            if env.reply is None:
+                log.error("agent %s failed handling %s: %r", rec.name, type(env.msg).__name__, e)
+        if self._agents.get(rec.id) is not rec:
+            return None  # terminated while it ran; its requester already got DeliveryError
+        rec.account.usage.tasks += 1
+        rec.running = None
+        rec.account.release_memory(env.size)
+        reply = env.reply
+        if reply is not None:
+            if reply.done.is_set():  # the requester timed out: drop the late reply
                 self._late_replies += 1
             else:
-                env.reply.value, env.reply.error = value, error
-                env.reply.finish()
-        elif error is not None and outcome == "error":
-            log.error("agent %s failed handling %s: %r", rec.name, type(env.msg).__name__, error)
-        suspend = outcome == "limit" or (outcome == "timeout" and rec.on_timeout == "suspend")
-        if suspend:
-            self.lifecycle.transition(rec.id, AgentState.SUSPENDED, f"resource limit: {error}")
-        else:
-            self.lifecycle.transition(rec.id, AgentState.READY, f"task {tid} {outcome}")
+                reply.value, reply.error = value, error
+                reply.finish()
         self._completed += 1
-        return self._finish_task(rec, tid)
+        if isinstance(error, ResourceLimitExceeded) and (
+            not timed_out or rec.on_timeout == "suspend"
+        ):
+            return error
+        return None
 
     def _finish_task(self, rec: _Record, tid: int) -> Optional[Placement]:
         self._by_task.pop(tid, None)

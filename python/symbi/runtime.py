@@ -128,6 +128,7 @@ class Runtime:
             policy=self.policy,
             audit=self.audit,
             full_mailbox=rc.full_mailbox,
+            dispatch_quantum=rc.dispatch_quantum,
         )
         self._host._runtime_api = self
         self.bus.set_local_delivery(self._host)

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod crypto;
 pub mod dsl;
 pub mod errors;
+pub mod gil;
 pub mod lex;
 pub mod policy;
 pub mod scheduler;

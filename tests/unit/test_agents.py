@@ -97,6 +97,33 @@ async def test_lifecycle_of_a_task_is_observed_and_audited():
         assert ("agent.lifecycle", "running") in kinds and ("agent.lifecycle", "ready") in kinds
 
 
+@pytest.mark.parametrize(("quantum", "periods"), [(1, 10), (4, 3), (64, 1)])
+async def test_queued_mail_is_handled_in_dispatches_of_the_quantum(quantum, periods):
+    """Mail that queued up while the agent was busy is handled in Running periods of at
+    most ``dispatch_quantum`` messages each, in order, each message answered."""
+    async with symbi.Runtime(config(dispatch_quantum=quantum)) as rt:
+        agent = Echo()
+        a = await rt.spawn(agent, name="echo")
+        ran: list[str] = []
+        rt.lifecycle.subscribe(
+            lambda t: ran.append(t.reason) if t.to_state is AgentState.RUNNING else None
+        )
+        replies: list[object] = []
+
+        async def ask(i: int) -> None:
+            replies.append(await rt.request(a.id, Task(text=str(i)), timeout=5))
+
+        async with anyio.create_task_group() as tg:
+            # Queue all ten before the agent runs: the requests are sealed as one batch.
+            for i in range(10):
+                tg.start_soon(ask, i)
+        assert agent.seen == [str(i) for i in range(10)]
+        assert sorted(r.text for r in replies) == [str(i) for i in range(10)]  # type: ignore[attr-defined]
+        assert len(ran) == periods
+        assert rt.status().tasks_completed == 10
+        assert rt.state_of(a.id) is AgentState.READY
+
+
 async def test_undeliverable_messages_raise_and_are_dead_lettered():
     class Other(symbi.Message):
         n: int

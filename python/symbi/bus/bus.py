@@ -82,9 +82,9 @@ class _SealJob:
 class _Batch:
     __slots__ = ("done", "flushed", "jobs")
 
-    def __init__(self) -> None:
+    def __init__(self, done: anyio.Event) -> None:
         self.jobs: list[_SealJob] = []
-        self.done = anyio.Event()
+        self.done = done
         self.flushed = False
 
 
@@ -105,10 +105,10 @@ _NOT_APPLIED = _Flight()
 class _Pending:
     __slots__ = ("done", "error", "recipient", "requester", "timed_out", "value")
 
-    def __init__(self, requester: str, recipient: str) -> None:
+    def __init__(self, requester: str, recipient: str, done: anyio.Event) -> None:
         self.requester = requester
         self.recipient = recipient
-        self.done = anyio.Event()
+        self.done = done
         self.value: Any = None
         self.error: Optional[BaseException] = None
         self.timed_out = False
@@ -310,6 +310,7 @@ class Bus:
         self._batch: Optional[_Batch] = None
         self._replies: list[_ReplyJob] = []
         self._deadlines = Deadlines()
+        self._event: Callable[[], anyio.Event] = anyio.Event  # see start()
         self._subjects: dict[str, str] = {}
         self._reply_sub: Optional[TransportSubscription] = None
         self._tg: Optional[TaskGroup] = None
@@ -515,6 +516,9 @@ class Bus:
             ) from e
         self._tg = task_group
         self._state = "running"
+        # anyio.Event() looks up the running backend on every call (~2 µs, several per
+        # request); resolve the backend's own class once.
+        self._event = type(anyio.Event())
         task_group.start_soon(self._deadlines.run, name="symbi.bus.deadlines")
         self._reply_sub = await self._transport.subscribe(
             f"symbi.reply.{self._bus_token}.*", self._on_reply, timeout=self._connect_timeout
@@ -813,7 +817,7 @@ class Bus:
             # `finally` even when it is cancelled, so this wait lasts one loop iteration.
             await batch.done.wait()
         else:
-            batch = self._batch = _Batch()
+            batch = self._batch = _Batch(self._event())
             batch.jobs.append(job)
             try:
                 await anyio.lowlevel.checkpoint()
@@ -965,7 +969,7 @@ class Bus:
         env = await self._seal(sid, to, ctype, payload, False, deadline)
         msg_id = env[6:22].hex()
         if want_reply:
-            pending = _Pending(sid, to)
+            pending = _Pending(sid, to, self._event())
             self._pending[corr] = pending
             self.stats.requests += 1
         try:
@@ -1154,7 +1158,7 @@ class Bus:
             prior = self._acks.get(mid)
             if isinstance(prior, _Flight) and prior is not _NOT_APPLIED:
                 if prior.event is None:
-                    prior.event = anyio.Event()
+                    prior.event = self._event()
                 with anyio.move_on_after(_MAX_DUP_WAIT):
                     await prior.event.wait()
                 prior = self._acks.get(mid)

@@ -8,6 +8,10 @@ use pyo3::types::{PyBytes, PyDict};
 use super::envelope::{self, KIND_TOPIC};
 use super::keyring::{KeyRing, Opened, SealItem};
 use super::CryptoError;
+use crate::gil;
+
+/// Batches this long are sealed or opened without the GIL (see gil.rs).
+const DETACH_ITEMS: usize = 32;
 
 type OpenedTuple<'py> = (
     String,
@@ -137,7 +141,8 @@ impl BusKeyRing {
             content_type,
             payload,
         };
-        let out = py.detach(|| self.ring().seal(sender, &item, timestamp_ns))?;
+        // One seal is shorter than a GIL hand-off under contention (see gil.rs).
+        let out = self.ring().seal(sender, &item, timestamp_ns)?;
         Ok(PyBytes::new(py, &out))
     }
 
@@ -160,7 +165,10 @@ impl BusKeyRing {
                 payload: p.as_bytes(),
             })
             .collect();
-        let out = py.detach(|| self.ring().seal_batch(sender, &views, timestamp_ns))?;
+        let heavy = views.len() >= DETACH_ITEMS;
+        let out = gil::detach_if(py, heavy, || {
+            self.ring().seal_batch(sender, &views, timestamp_ns)
+        })?;
         Ok(out.iter().map(|b| PyBytes::new(py, b)).collect())
     }
 
@@ -174,7 +182,7 @@ impl BusKeyRing {
         envelope: &[u8],
         now_ns: Option<u64>,
     ) -> PyResult<OpenedTuple<'py>> {
-        let o = py.detach(|| self.ring().open(opener, envelope, now_ns))?;
+        let o = self.ring().open(opener, envelope, now_ns)?;
         Ok(opened(py, &o))
     }
 
@@ -188,7 +196,8 @@ impl BusKeyRing {
         now_ns: Option<u64>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         let views: Vec<&[u8]> = envelopes.iter().map(|b| b.as_bytes()).collect();
-        let results: Vec<Result<Opened, CryptoError>> = py.detach(|| {
+        let heavy = views.len() >= DETACH_ITEMS;
+        let results: Vec<Result<Opened, CryptoError>> = gil::detach_if(py, heavy, || {
             let mut ring = self.ring();
             views.iter().map(|v| ring.open(opener, v, now_ns)).collect()
         });

@@ -249,6 +249,10 @@ impl Scheduler {
         Ok(ids)
     }
 
+    pub fn slot_id(&self, idx: usize) -> &str {
+        &self.slots[idx].id
+    }
+
     pub fn slot_ids(&self) -> Vec<String> {
         self.slots.iter().map(|s| s.id.clone()).collect()
     }

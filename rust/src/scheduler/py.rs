@@ -11,6 +11,10 @@ use pyo3::types::{PyList, PyString, PyTuple};
 use super::core::{Config, Scheduler, Status, TaskSpec};
 use super::placement::{Balancing, Strategy};
 use super::SchedulerError;
+use crate::gil;
+
+/// A scheduling pass over this many tasks runs without the GIL (see gil.rs).
+const DETACH_TASKS: usize = 1024;
 
 /// The Rust scheduler. Use `symbi.scheduler.Scheduler`, which validates and types its
 /// inputs and outputs.
@@ -169,17 +173,24 @@ impl SchedulerCore {
         py: Python<'py>,
         max_decisions: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let (placed, slot_ids) = py.detach(|| {
+        // A pass is microseconds unless the queue is long: only then is it worth a GIL
+        // hand-off (see gil.rs).
+        let heavy = self.lock().len() >= DETACH_TASKS;
+        let placed = gil::detach_if(py, heavy, || {
             let mut s = self.lock();
             let placed = s.schedule(max_decisions);
-            (placed, s.slot_ids())
+            placed
+                .into_iter()
+                .map(|p| {
+                    let slot = s.slot_id(p.slot).to_owned();
+                    (p, slot)
+                })
+                .collect::<Vec<_>>()
         });
-        let names: Vec<Bound<'py, PyString>> =
-            slot_ids.iter().map(|id| PyString::new(py, id)).collect();
         let out = PyList::empty(py);
-        for p in placed {
+        for (p, slot) in placed {
             let pre = PyTuple::new(py, &p.preempted)?;
-            out.append((p.task_id, names[p.slot].clone(), pre))?;
+            out.append((p.task_id, PyString::new(py, &slot), pre))?;
         }
         Ok(out)
     }
