@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import anyio
+import pytest
 
 import symbi
 from conftest import size
@@ -103,16 +104,24 @@ def measure_queue_idle() -> dict[str, float]:
     return out
 
 
-def measure_symbi_tasks() -> float:
+def measure_symbi_tasks(batched: bool) -> float:
+    """Seconds for N_TASKS handler calls on N_WORKERS agents, every one a sealed request
+    answered by a sealed reply: one ``rt.request_many`` batch, or N_TASKS concurrent
+    ``rt.request`` calls."""
     result = {}
 
     async def main() -> None:
         async with symbi.Runtime(config()) as rt:
             ids = [(await rt.spawn(handle, name=f"w{i}")).id for i in range(N_WORKERS)]
+            msgs = [Tick(n=i) for i in range(N_TASKS)]
+            to = [ids[i % N_WORKERS] for i in range(N_TASKS)]
             t0 = time.perf_counter()
-            got = await asyncio.gather(
-                *(rt.request(ids[i % N_WORKERS], Tick(n=i), timeout=120) for i in range(N_TASKS))
-            )
+            if batched:
+                got = await rt.request_many(to, msgs, timeout=120)
+            else:
+                got = await asyncio.gather(
+                    *(rt.request(t, m, timeout=120) for t, m in zip(to, msgs))
+                )
             result["s"] = time.perf_counter() - t0
             assert got == list(range(N_TASKS))
 
@@ -229,23 +238,33 @@ def test_idle_cpu_symbi(benchmark, tag):
     )
 
 
-def test_short_tasks_symbi(benchmark, tag):
+SHORT_TASKS = {
+    "batch": f"throughput of {N_TASKS} short tasks (one rt.request_many, sealed)",
+    "gather": f"throughput of {N_TASKS} short tasks ({N_TASKS} concurrent rt.request, sealed)",
+}
+
+
+@pytest.mark.parametrize("kind", list(SHORT_TASKS))
+def test_short_tasks_symbi(benchmark, tag, kind):
     tag(
         role="symbi",
-        metric=f"throughput of {N_TASKS} short tasks",
+        metric=SHORT_TASKS[kind],
         unit="tasks/s",
         items=N_TASKS,
         seed_target="-",
         goal="<= 1.5x the time of bare asyncio.gather",
     )
-    benchmark.pedantic(measure_symbi_tasks, rounds=size(3, 1), iterations=1)
+    benchmark.pedantic(
+        measure_symbi_tasks, args=(kind == "batch",), rounds=size(3, 1), iterations=1
+    )
 
 
-def test_short_tasks_peer(benchmark, tag):
+@pytest.mark.parametrize("kind", list(SHORT_TASKS))
+def test_short_tasks_peer(benchmark, tag, kind):
     tag(
         role="peer",
         peer="asyncio.gather of the same coroutines",
-        metric=f"throughput of {N_TASKS} short tasks",
+        metric=SHORT_TASKS[kind],
         unit="tasks/s",
         items=N_TASKS,
     )

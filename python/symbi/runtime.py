@@ -276,6 +276,46 @@ class Runtime:
             labels=labels,
         )
 
+    async def request_many(
+        self,
+        to: Union[str, Sequence[str]],
+        msgs: Sequence[Message],
+        *,
+        timeout: float = 5.0,
+        sender: Optional[str] = None,
+        labels: Sequence[str] = (),
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """``request`` for a batch: ``msgs`` to one agent, or ``msgs[i]`` to ``to[i]``;
+        the replies come back in order. Every message is checked, sealed and answered as
+        by ``request``, but the work is shared (one policy decision per recipient and
+        type, one signature per sealed batch) and nothing is spawned per message, so a
+        large fan-out costs far less than gathering ``request`` calls. With
+        ``return_exceptions`` failures take their place in the list; without, the first
+        one is raised after all have settled. ``timeout`` bounds the whole batch."""
+        self._require_running()
+        targets: Union[str, list[str]]
+        if isinstance(to, str):
+            targets = self._host.resolve(to)
+        elif isinstance(to, Sequence):
+            # Names become ids; anything that is not a str is left for the bus to refuse.
+            targets = [self._host.resolve(r) if isinstance(r, str) else r for r in to]
+        else:
+            raise InvalidArgument(
+                "to is an agent id or name, or a sequence of them",
+                argument="to",
+                expected="str | Sequence[str]",
+                got=type(to).__name__,
+            )
+        return await self.bus.request_many(
+            msgs,
+            sender=self._sender(sender),
+            to=targets,
+            timeout=timeout,
+            labels=labels,
+            return_exceptions=return_exceptions,
+        )
+
     async def publish(
         self,
         topic: str,

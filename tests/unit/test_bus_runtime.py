@@ -242,3 +242,82 @@ async def test_rate_limit_from_config_fails_fast() -> None:
         with pytest.raises(RateLimited) as ei:
             await rt.send(Note(text="n"), to=a.id, timeout=2)
         assert ei.value.retry_after > 0 and ei.value.agent_id == rt.bus.runtime_id
+
+
+class Boom(symbi.Message):
+    text: str
+
+
+class Picky(Echo):
+    @symbi.handler
+    async def on_boom(self, msg: Boom, ctx: symbi.Context) -> None:
+        raise ValueError(f"cannot take {msg.text}")
+
+
+async def test_request_many_answers_in_order_through_sealed_batches() -> None:
+    async with symbi.Runtime() as rt:
+        sealed: list[bytes] = []
+        rt.bus.add_wiretap(sealed.append)
+        a = await rt.spawn(Echo, name="a")
+        await rt.spawn(Echo, name="b")
+        texts = [f"secret-{i}" for i in range(300)]
+        to = ["a" if i % 3 else "b" for i in range(300)]  # names and ids both resolve
+        to[0] = a.id
+        got = await rt.request_many(to, [Ask(text=t) for t in texts], timeout=10)
+        assert got == [Ask(text=t.upper()) for t in texts]
+        # 300 requests and 300 replies, each its own envelope, none in the clear; the
+        # requests share one batch signature, each carrying its proof.
+        envs = [SecureMessage.from_wire(e) for e in sealed]
+        assert len(envs) == 600
+        assert all(b"secret" not in e.wire and b"SECRET" not in e.wire for e in envs)
+        requests = [e for e in envs if e.sender == rt.bus.runtime_id]
+        assert len(requests) == 300 and len({e.id for e in envs}) == 600
+        assert len({e.signature for e in requests}) == 1
+        assert rt.bus.stats.requests == 300 and rt.bus.stats.sent == 300
+        assert rt.status().tasks_completed == 300
+
+
+async def test_request_many_reports_each_failure_in_place() -> None:
+    async with symbi.Runtime() as rt:
+        await rt.spawn(Picky, name="clerk")
+        vendor = await rt.spawn(Echo, name="vendor")
+        rt.policy.register(f'policy no_vendor {{ deny: [send] if resource == "{vendor.id}" }}')
+        msgs: list[symbi.Message] = [
+            Ask(text="ok"),
+            Boom(text="x"),
+            Ask(text="to vendor"),
+            Ask(text="nobody"),
+            Note(text="no reply"),
+            Ask(text="slow"),  # last: mail to clerk queued behind it would time out too
+        ]
+        to = ["clerk", "clerk", "vendor", "nobody", "clerk", "clerk"]
+        out = await rt.request_many(to, msgs, timeout=0.3, return_exceptions=True)
+        assert out[0] == Ask(text="OK")
+        assert isinstance(out[1], ValueError) and "cannot take x" in str(out[1])
+        assert isinstance(out[2], PolicyDenied)
+        assert isinstance(out[3], DeliveryError) and out[3].reason == "unknown recipient"
+        assert out[4] is None  # a handler that returns nothing answers None
+        assert isinstance(out[5], RequestTimeout)
+        assert [d.recipient for d in rt.dead_letters] == ["nobody"]
+        assert rt.bus.stats.policy_denied == 1 and rt.bus.stats.request_timeouts == 1
+        # Without return_exceptions the first failure is raised once all have settled.
+        with pytest.raises(ValueError, match="cannot take y"):
+            await rt.request_many("clerk", [Ask(text="a"), Boom(text="y")], timeout=2)
+
+
+async def test_request_many_refuses_bad_arguments() -> None:
+    async with symbi.Runtime() as rt:
+        await rt.spawn(Echo, name="a")
+        bad: list[tuple[Any, Any]] = [
+            ("a", Ask(text="not a list")),
+            ("a", [Ask(text="x"), "not a message"]),
+            (["a"], [Ask(text="1"), Ask(text="2")]),  # lengths differ
+            ([None], [Ask(text="1")]),
+            (42, [Ask(text="1")]),
+        ]
+        for to, msgs in bad:
+            with pytest.raises(symbi.errors.InvalidArgument):
+                await rt.request_many(to, msgs, timeout=1)
+        with pytest.raises(symbi.errors.InvalidArgument):
+            await rt.request_many("a", [Ask(text="x")], timeout=-1)
+        assert await rt.request_many("a", [], timeout=1) == []

@@ -924,6 +924,212 @@ class Bus:
         assert pending is not None
         return pending
 
+    async def request_many(
+        self,
+        msgs: Sequence[Message],
+        *,
+        sender: Optional[str],
+        to: Union[str, Sequence[str]],
+        timeout: float,
+        labels: Sequence[str] = (),
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """``request`` for many messages at once, from one sender, to one agent or to
+        ``to[i]`` for ``msgs[i]``; returns the replies in order. Each message is still
+        policy-checked, rate-limited, sealed, acknowledged, dead-lettered when
+        undeliverable, and answered by a sealed reply; what is shared is the work: one
+        policy decision per (recipient, message type), one ``seal_batch`` per
+        ``max_batch`` messages, one ``open_batch`` per local recipient, one deadline.
+
+        With ``return_exceptions`` a failed item's exception takes its place in the list
+        (as ``asyncio.gather``); without, the first failure (in order) is raised once
+        every item has settled."""
+        start = time.monotonic()
+        timeout = check_timeout(timeout)
+        deadline = start + timeout
+        if isinstance(msgs, (str, bytes, Message)) or not isinstance(msgs, Sequence):
+            raise InvalidArgument(
+                "msgs is a sequence of symbi.Message",
+                argument="msgs",
+                expected="Sequence[symbi.Message]",
+                got=type(msgs).__name__,
+            )
+        items = [self._check_msg(m) for m in msgs]
+        n = len(items)
+        if isinstance(to, str):
+            targets = [to] * n
+        elif isinstance(to, Sequence) and len(to) == n:
+            targets = list(to)
+        else:
+            raise InvalidArgument(
+                "to is one agent id, or a sequence of agent ids as long as msgs",
+                argument="to",
+                expected=f"str | Sequence[str] of length {n}",
+                got=to if not isinstance(to, Sequence) else f"{len(to)} ids",
+            )
+        seen: set[str] = set()
+        for t in targets:
+            if not isinstance(t, str) or t not in seen:
+                seen.add(self._check_agent_id(t, "to"))
+        label_list = self._check_labels(labels)
+        sid = self._sender_id(sender)
+        self._require_running()
+        if self._need_subs or self._inactive:
+            await self._subscribe_pending()
+        out: list[Any] = [None] * n
+        failed: list[Optional[BaseException]] = [None] * n
+        # Prepare: policy (one decision per recipient and type), rate limit, frames.
+        decided: dict[tuple[str, str], Union[Optional[float], BaseException]] = {}
+        ready: list[tuple[int, str, str, bytes]] = []  # (index, corr, ctype, frame)
+        for i, (msg, t) in enumerate(zip(items, targets)):
+            ctype = codec.type_name_of(msg)
+            key = (t, ctype)
+            try:
+                if key not in decided:
+                    try:
+                        decided[key] = self._authorize(sid, "send", t, ctype, label_list)
+                    except PolicyDenied as e:
+                        decided[key] = e
+                        raise
+                else:
+                    rate = decided[key]
+                    if isinstance(rate, BaseException):
+                        self.stats.policy_denied += 1
+                        raise rate
+                rate = decided[key]
+                assert not isinstance(rate, BaseException)
+                await self._rate_limit(sid, rate, deadline)
+                corr = f"{next(self._corr):x}"
+                frame = codec.encode_frame(
+                    codec.KIND_REQUEST,
+                    msg,
+                    corr=corr,
+                    reply_to=f"symbi.reply.{self._bus_token}.{corr}",
+                    timeout=max(deadline - time.monotonic(), 0.001),
+                )
+                self._check_size(frame)
+            except SymbiError as e:
+                failed[i] = e
+                continue
+            ready.append((i, corr, ctype, frame))
+        # Recipients' keys, each looked up once.
+        unknown: dict[str, DeliveryError] = {}
+        for t in {targets[i] for i, *_ in ready}:
+            try:
+                await self._ensure_peer(t, deadline, purpose="send")
+            except DeliveryError as e:
+                unknown[t] = e
+        sealable: list[tuple[int, str, str, bytes]] = []
+        for entry in ready:
+            i = entry[0]
+            err = unknown.get(targets[i])
+            if err is None:
+                sealable.append(entry)
+            else:
+                self._dead_letter("", sid, targets[i], items[i], err.reason or "unknown", 0)
+                failed[i] = err
+        # Seal in batches of max_batch (one signature each), then register the requests.
+        # Grouped by recipient, so each recipient opens a contiguous run of one batch: its
+        # proofs share their upper paths, which the opener checks only once.
+        sealable.sort(key=lambda e: targets[e[0]])
+        sealed: list[tuple[int, str, bytes]] = []  # (index, corr, envelope)
+        for k in range(0, len(sealable), self._max_batch):
+            chunk = sealable[k : k + self._max_batch]
+            jobs = [(targets[i], ctype, frame, False) for i, _c, ctype, frame in chunk]
+            try:
+                envs = self._seal_batch_now(sid, jobs)
+                self.stats.batches += 1
+                self.stats.batched_messages += len(chunk)
+            except SymbiError as e:
+                for i, *_ in chunk:
+                    failed[i] = e
+                continue
+            sealed.extend((i, corr, env) for (i, corr, _t, _f), env in zip(chunk, envs))
+        pendings: list[tuple[int, str, _Pending]] = []
+        for i, corr, _env in sealed:
+            p = _Pending(sid, targets[i], self._event())
+            self._pending[corr] = p
+            pendings.append((i, corr, p))
+        self.stats.requests += len(sealed)
+        try:
+            await self._deliver_many(sid, sealed, targets, items, deadline, failed)
+            # One deadline for the lot: wait in order; most are done by the time we look.
+            with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)):
+                for i, _corr, p in pendings:
+                    if failed[i] is None and not p.done.is_set():
+                        await p.done.wait()
+            for i, _corr, p in pendings:
+                if failed[i] is not None:
+                    continue
+                if not p.done.is_set():
+                    p.expire()
+                    self.stats.request_timeouts += 1
+                    failed[i] = RequestTimeout(
+                        f"no reply from {targets[i]!r} within {timeout}s; the agent may be "
+                        "busy or slow; raise the timeout or check its state",
+                        recipient=targets[i],
+                        timeout=timeout,
+                    )
+                elif p.error is not None:
+                    failed[i] = p.error
+                else:
+                    out[i] = p.value
+        finally:
+            for _i, corr, _p in pendings:
+                self._pending.pop(corr, None)
+        if return_exceptions:
+            return [err if err is not None else v for v, err in zip(out, failed)]
+        first = next((err for err in failed if err is not None), None)
+        if first is not None:
+            raise first
+        return out
+
+    async def _deliver_many(
+        self,
+        sid: str,
+        sealed: list[tuple[int, str, bytes]],
+        targets: list[str],
+        msgs: list[Message],
+        deadline: float,
+        failed: list[Optional[BaseException]],
+    ) -> None:
+        """Deliver sealed envelopes: to local agents straight into ``_on_direct_many``
+        (the same checks and acks as over the transport, without a round trip per
+        message), to remote ones over the transport, concurrently, with retries."""
+        by_local: dict[str, list[tuple[int, bytes]]] = {}
+        remote: list[tuple[int, bytes]] = []
+        for i, _corr, env in sealed:
+            if targets[i] in self._agents and self._delivery is not None:
+                by_local.setdefault(targets[i], []).append((i, env))
+            else:
+                remote.append((i, env))
+        for agent, group in by_local.items():
+            acks = await self._on_direct_many(agent, [env for _, env in group])
+            for (i, env), ack in zip(group, acks):
+                err = codec.decode_ack(ack, agent)
+                if err is None:
+                    self.stats.sent += 1
+                    continue
+                mid = env[6:22].hex()
+                local = self._ack_errors.pop(mid, None)
+                if local is not None:
+                    err = local  # type: ignore[assignment]
+                if isinstance(err, DeliveryError):
+                    self._dead_letter(mid, sid, agent, msgs[i], err.reason or str(err), 1)
+                failed[i] = err
+
+        async def one(i: int, env: bytes) -> None:
+            try:
+                await self._deliver(targets[i], env, env[6:22].hex(), deadline, msgs[i], sid)
+                self.stats.sent += 1
+            except SymbiError as e:
+                failed[i] = e
+
+        if remote:
+            async with anyio.create_task_group() as tg:
+                for i, env in remote:
+                    tg.start_soon(one, i, env)
+
     async def _send(
         self,
         msg: Message,
@@ -1105,9 +1311,17 @@ class Bus:
                 self._reject(e, opener, data)
             raise
         except InvalidArgument as e:
+            raise self._open_failed(e, opener, data) from None
+
+    def _open_failed(self, e: BaseException, opener: str, data: bytes) -> SymbiError:
+        """The typed, audited error for an envelope that did not open: a security error
+        as raised, anything else (a malformed envelope, an unknown party) as a
+        SignatureError, since nothing in it can be trusted."""
+        err = e if isinstance(e, (SignatureError, DecryptError, ReplayError)) else None
+        if err is None:
             err = SignatureError(f"envelope rejected: {e}")
-            self._reject(err, opener, data)
-            raise err from None
+        self._reject(err, opener, data)
+        return err
 
     async def open(
         self, data: Union[bytes, SecureMessage], *, recipient: str
@@ -1144,15 +1358,38 @@ class Bus:
         frame = codec.decode_frame(payload)
         return codec.decode_body(ctype, frame.body), SecureMessage.from_wire(data)
 
+    @staticmethod
+    def _left(agent: str) -> bytes:
+        return codec.encode_ack_error(
+            DeliveryError(f"agent {agent!r} left this bus", reason="unknown recipient"), ""
+        )
+
     async def _on_direct(self, agent: str, data: bytes) -> bytes:
         if agent not in self._agents:
-            return codec.encode_ack_error(
-                DeliveryError(f"agent {agent!r} left this bus", reason="unknown recipient"), ""
-            )
+            return self._left(agent)
         try:
-            mid, sender, _rcpt, is_topic, _ts, ctype, payload, dup = await self._open(agent, data)
+            opened = await self._open(agent, data)
         except SymbiError as e:
             return codec.encode_ack_error(e, str(getattr(e, "message_id", "") or ""))
+        return await self._apply_direct(agent, opened)
+
+    async def _on_direct_many(self, agent: str, envs: list[bytes]) -> list[bytes]:
+        """``_on_direct`` for envelopes sealed here for a local agent: opened with one
+        ``open_batch`` (one signature check per sealed batch), then applied in order."""
+        if agent not in self._agents:
+            return [self._left(agent)] * len(envs)
+        acks: list[bytes] = []
+        for data, opened in zip(envs, self._ring.open_batch(agent, envs)):
+            if isinstance(opened, BaseException):
+                e = self._open_failed(opened, agent, data)
+                acks.append(codec.encode_ack_error(e, str(getattr(e, "message_id", "") or "")))
+            else:
+                acks.append(await self._apply_direct(agent, opened))
+        return acks
+
+    async def _apply_direct(self, agent: str, opened: tuple[Any, ...]) -> bytes:
+        """Deliver an opened direct envelope once (a duplicate gets the first copy's ack)."""
+        mid, sender, _rcpt, is_topic, _ts, ctype, payload, dup = opened
         if dup:
             self.stats.duplicates += 1
             prior = self._acks.get(mid)
@@ -1332,6 +1569,7 @@ class Bus:
         for j in jobs:
             by_agent.setdefault(j.agent, []).append(j)
         remote: list[tuple[_ReplyJob, bytes]] = []
+        local: dict[str, list[tuple[str, bytes]]] = {}
         for agent, group in by_agent.items():
             if agent not in self._agents:
                 for j in group:
@@ -1351,14 +1589,16 @@ class Bus:
             except SymbiError:
                 # One bad item (a requester that left) must not sink the rest: one by one.
                 for j in group:
-                    self._seal_one_reply(j, remote)
+                    self._seal_one_reply(j, remote, local)
                 continue
             for j, env in zip(group, envs):
                 if self._is_local(j.reply_to):
-                    self._accept_reply(j.corr, env)
+                    local.setdefault(j.requester, []).append((j.corr, env))
                 else:
                     remote.append((j, env))
             self.stats.replies += len(group)
+        for requester, replies in local.items():
+            self._accept_replies(requester, replies)
         for j, env in remote:
             try:
                 await self._ensure_peer(
@@ -1368,7 +1608,12 @@ class Bus:
             except SymbiError as e:
                 log.warning("could not send the reply of %s to %s: %s", j.agent, j.requester, e)
 
-    def _seal_one_reply(self, j: _ReplyJob, remote: list[tuple[_ReplyJob, bytes]]) -> None:
+    def _seal_one_reply(
+        self,
+        j: _ReplyJob,
+        remote: list[tuple[_ReplyJob, bytes]],
+        local: dict[str, list[tuple[str, bytes]]],
+    ) -> None:
         try:
             env = self._seal_now(j.agent, j.requester, j.ctype, j.payload, False)
         except SymbiError as e:
@@ -1377,29 +1622,34 @@ class Bus:
         self.stats.single_signed += 1
         self.stats.replies += 1
         if self._is_local(j.reply_to):
-            self._accept_reply(j.corr, env)
+            local.setdefault(j.requester, []).append((j.corr, env))
         else:
             remote.append((j, env))
 
     def _is_local(self, reply_to: str) -> bool:
         return reply_to.startswith(f"symbi.reply.{self._bus_token}.")
 
-    def _accept_reply(self, corr: str, env: bytes) -> None:
-        """A sealed reply for a request made on this bus: open it (verify, decrypt) and
-        complete the request; both ends are known here, so no lookup is needed."""
-        pending = self._pending.get(corr)
-        if pending is None or pending.done.is_set():
-            self.stats.late_replies += 1
+    def _accept_replies(self, requester: str, replies: list[tuple[str, bytes]]) -> None:
+        """Sealed replies (corr, envelope) for requests ``requester`` made on this bus:
+        open them with one ``open_batch`` (both ends are known here, no lookup) and
+        complete the requests. Replies to requests that already ended are late: counted,
+        not opened."""
+        live: list[tuple[str, _Pending, bytes]] = []
+        for corr, env in replies:
+            pending = self._pending.get(corr)
+            if pending is None or pending.done.is_set():
+                self.stats.late_replies += 1
+            else:
+                live.append((corr, pending, env))
+        if not live:
             return
-        try:
-            opened = self._ring.open(pending.requester, env)
-        except (SignatureError, DecryptError, ReplayError) as e:
-            self._reject(e, pending.requester, env)
-            return
-        except InvalidArgument as e:  # the requester left the bus meanwhile
-            self._reject(SignatureError(f"reply rejected: {e}"), pending.requester, env)
-            return
-        self._settle(pending, corr, opened, env)
+        opened = self._ring.open_batch(requester, [env for _, _, env in live])
+        for (corr, pending, env), o in zip(live, opened):
+            if isinstance(o, BaseException):
+                # A forged or broken reply (or the requester left): never completes it.
+                self._open_failed(o, requester, env)
+            else:
+                self._settle(pending, corr, o, env)
 
     async def _on_reply(self, inc: Incoming) -> None:
         corr = inc.subject.rsplit(".", 1)[-1]
