@@ -1064,12 +1064,7 @@ class Bus:
                 if not p.done.is_set():
                     p.expire()
                     self.stats.request_timeouts += 1
-                    failed[i] = RequestTimeout(
-                        f"no reply from {targets[i]!r} within {timeout}s; the agent may be "
-                        "busy or slow; raise the timeout or check its state",
-                        recipient=targets[i],
-                        timeout=timeout,
-                    )
+                    failed[i] = self._timed_out(targets[i], timeout)
                 elif p.error is not None:
                     failed[i] = p.error
                 else:
@@ -1106,17 +1101,11 @@ class Bus:
         for agent, group in by_local.items():
             acks = await self._on_direct_many(agent, [env for _, env in group])
             for (i, env), ack in zip(group, acks):
-                err = codec.decode_ack(ack, agent)
+                err = self._ack_failure(ack, agent, env[6:22].hex(), sid, msgs[i], 1)
                 if err is None:
                     self.stats.sent += 1
-                    continue
-                mid = env[6:22].hex()
-                local = self._ack_errors.pop(mid, None)
-                if local is not None:
-                    err = local  # type: ignore[assignment]
-                if isinstance(err, DeliveryError):
-                    self._dead_letter(mid, sid, agent, msgs[i], err.reason or str(err), 1)
-                failed[i] = err
+                else:
+                    failed[i] = err
 
         async def one(i: int, env: bytes) -> None:
             try:
@@ -1194,18 +1183,22 @@ class Bus:
                         self._deadlines.settled()
             if pending.timed_out:
                 self.stats.request_timeouts += 1
-                raise RequestTimeout(
-                    f"no reply from {to!r} within {timeout}s; the agent may be busy or slow; "
-                    "raise the timeout or check its state",
-                    recipient=to,
-                    timeout=timeout,
-                )
+                raise self._timed_out(to, timeout)
             if pending.error is not None:
                 raise pending.error
             return msg_id, pending.value
         finally:
             if want_reply:
                 self._pending.pop(corr, None)
+
+    @staticmethod
+    def _timed_out(to: str, timeout: float) -> RequestTimeout:
+        return RequestTimeout(
+            f"no reply from {to!r} within {timeout}s; the agent may be busy or slow; "
+            "raise the timeout or check its state",
+            recipient=to,
+            timeout=timeout,
+        )
 
     async def _deliver(
         self, to: str, env: bytes, msg_id: str, deadline: float, msg: Message, sender: str
@@ -1228,14 +1221,9 @@ class Bus:
                         self._dead_letter(msg_id, sender, to, msg, reason, attempt)
                         raise
                 else:
-                    err = codec.decode_ack(ack, to)
+                    err = self._ack_failure(ack, to, msg_id, sender, msg, attempt)
                     if err is None:
                         return
-                    local = self._ack_errors.pop(msg_id, None)
-                    if local is not None:
-                        err = local  # type: ignore[assignment]
-                    if isinstance(err, DeliveryError):
-                        self._dead_letter(msg_id, sender, to, msg, err.reason or str(err), attempt)
                     raise err
             left = deadline - time.monotonic()
             if last or left <= 0:
@@ -1250,6 +1238,19 @@ class Bus:
             self.stats.retries += 1
             await anyio.sleep(min(backoff, max(left / 2, 0.0)))
             backoff = min(backoff * 2, self._backoff_max)
+
+    def _ack_failure(
+        self, ack: bytes, to: str, msg_id: str, sender: str, msg: Message, attempts: int
+    ) -> Optional[BaseException]:
+        """None for a positive ack; else the recipient's error (the very exception when
+        it was raised in this process), dead-lettering the message when undeliverable."""
+        err: Optional[BaseException] = codec.decode_ack(ack, to)
+        if err is None:
+            return None
+        err = self._ack_errors.pop(msg_id, None) or err
+        if isinstance(err, DeliveryError):
+            self._dead_letter(msg_id, sender, to, msg, err.reason or str(err), attempts)
+        return err
 
     # --------------------------------------------------------------- receiving
     def _direct_handler(self, agent: str) -> Callable[[Incoming], Awaitable[None]]:
