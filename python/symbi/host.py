@@ -45,6 +45,7 @@ from .errors import (
     RuntimeStateError,
     SymbiError,
 )
+from .latch import Latch
 from .lifecycle import AgentState, LifecycleController, Transition
 from .message import Message
 from .policy.types import AuditSink, PolicyRequest, Principal, Resource
@@ -134,8 +135,8 @@ class _Reply:
 
     __slots__ = ("callback", "done", "error", "timed_out", "value")
 
-    def __init__(self, done: anyio.Event) -> None:
-        self.done = done
+    def __init__(self) -> None:
+        self.done = Latch()
         self.value: Any = None
         self.error: Optional[BaseException] = None
         self.timed_out = False
@@ -646,7 +647,7 @@ class AgentHost:
             ) from None
         size = len(msgspec.msgpack.encode(msg))
         rec.account.charge_memory(size, f"{type(msg).__name__} message")
-        reply = _Reply(self._event()) if want_reply else None
+        reply = _Reply() if want_reply else None
         rec.mailbox.append(_Envelope(msg, sender, reply, size))
         self._submit(rec)
         return reply

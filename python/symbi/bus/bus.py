@@ -37,6 +37,7 @@ from ..errors import (
     SignatureError,
     SymbiError,
 )
+from ..latch import Latch
 from ..message import Message
 from ..policy.types import AuditSink, PolicyRequest, Principal, Resource
 from . import codec
@@ -105,10 +106,10 @@ _NOT_APPLIED = _Flight()
 class _Pending:
     __slots__ = ("done", "error", "recipient", "requester", "timed_out", "value")
 
-    def __init__(self, requester: str, recipient: str, done: anyio.Event) -> None:
+    def __init__(self, requester: str, recipient: str) -> None:
         self.requester = requester
         self.recipient = recipient
-        self.done = done
+        self.done = Latch()
         self.value: Any = None
         self.error: Optional[BaseException] = None
         self.timed_out = False
@@ -1047,7 +1048,7 @@ class Bus:
             sealed.extend((i, corr, env) for (i, corr, _t, _f), env in zip(chunk, envs))
         pendings: list[tuple[int, str, _Pending]] = []
         for i, corr, _env in sealed:
-            p = _Pending(sid, targets[i], self._event())
+            p = _Pending(sid, targets[i])
             self._pending[corr] = p
             pendings.append((i, corr, p))
         self.stats.requests += len(sealed)
@@ -1164,7 +1165,7 @@ class Bus:
         env = await self._seal(sid, to, ctype, payload, False, deadline)
         msg_id = env[6:22].hex()
         if want_reply:
-            pending = _Pending(sid, to, self._event())
+            pending = _Pending(sid, to)
             self._pending[corr] = pending
             self.stats.requests += 1
         try:
