@@ -13,7 +13,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::merkle::Hash;
+use super::merkle::{Hash, Tree};
 use super::{CryptoError, Result};
 
 pub const MAGIC: &[u8; 4] = b"SYM1";
@@ -25,35 +25,57 @@ pub const TAG_LEN: usize = 16;
 /// Largest plaintext a single envelope carries (16 MiB); larger payloads must be chunked.
 pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
 
+/// An envelope header. Its strings borrow the bytes it was parsed from (or the caller's
+/// arguments when sealing), so neither direction allocates per message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+pub struct Header<'a> {
     pub kind: u8,
     pub id: [u8; 16],
     pub timestamp_ns: u64,
-    pub sender: String,
-    pub recipient: String,
+    pub sender: &'a str,
+    pub recipient: &'a str,
     pub sender_key: [u8; 8],
     pub recipient_key: [u8; 8],
     pub nonce: [u8; 12],
-    pub content_type: String,
+    pub content_type: &'a str,
 }
 
+/// A batch envelope's place in its signed Merkle tree; the path borrows the envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchProof {
+pub struct BatchProof<'a> {
     pub index: u32,
     pub size: u32,
-    pub path: Vec<Hash>,
+    /// Sibling hashes bottom-up, 32 bytes each.
+    pub path: &'a [u8],
+}
+
+impl BatchProof<'_> {
+    /// Number of sibling hashes in the path.
+    pub fn len(&self) -> usize {
+        self.path.len() / 32
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.path.is_empty()
+    }
+
+    /// The `i`-th sibling hash, if the path has one.
+    pub fn node(&self, i: usize) -> Option<&Hash> {
+        self.path
+            .get(i * 32..i * 32 + 32)
+            .map(|s| s.try_into().expect("32 bytes"))
+    }
 }
 
 /// A parsed envelope borrowing the bytes it came from.
 #[derive(Debug)]
 pub struct Envelope<'a> {
-    pub header: Header,
+    pub header: Header<'a>,
     /// Exactly the bytes the AEAD authenticates and the leaf hash covers.
     pub header_bytes: &'a [u8],
     pub ciphertext: &'a [u8],
     pub signature: [u8; 64],
-    pub batch: Option<BatchProof>,
+    pub batch: Option<BatchProof<'a>>,
 }
 
 pub fn id_hex(id: &[u8; 16]) -> String {
@@ -65,7 +87,7 @@ fn invalid(what: &'static str, detail: String) -> CryptoError {
 }
 
 /// Append the header bytes for `h` to `out`.
-pub fn write_header(h: &Header, out: &mut Vec<u8>) -> Result<()> {
+pub fn write_header(h: &Header<'_>, out: &mut Vec<u8>) -> Result<()> {
     if h.sender.len() > u8::MAX as usize {
         return Err(invalid(
             "sender",
@@ -111,17 +133,22 @@ pub fn leaf(header_bytes: &[u8], ciphertext: &[u8]) -> Hash {
     h.finalize().into()
 }
 
-pub fn write_signature(sig: &[u8; 64], batch: Option<&BatchProof>, out: &mut Vec<u8>) {
-    out.push(if batch.is_some() { FLAG_BATCH } else { 0 });
+/// Append the signature of a message signed on its own.
+pub fn write_single_signature(sig: &[u8; 64], out: &mut Vec<u8>) {
+    out.push(0);
     out.extend_from_slice(sig);
-    if let Some(b) = batch {
-        out.extend_from_slice(&b.index.to_be_bytes());
-        out.extend_from_slice(&b.size.to_be_bytes());
-        out.push(b.path.len() as u8);
-        for p in &b.path {
-            out.extend_from_slice(p);
-        }
-    }
+}
+
+/// Append a batch signature and leaf `index`'s audit path in `tree`.
+pub fn write_batch_signature(sig: &[u8; 64], index: usize, tree: &Tree, out: &mut Vec<u8>) {
+    out.push(FLAG_BATCH);
+    out.extend_from_slice(sig);
+    out.extend_from_slice(&(index as u32).to_be_bytes());
+    out.extend_from_slice(&(tree.size() as u32).to_be_bytes());
+    let at = out.len();
+    out.push(0);
+    let n = tree.write_path(index, out);
+    out[at] = n as u8;
 }
 
 struct Cursor<'a> {
@@ -154,10 +181,9 @@ impl<'a> Cursor<'a> {
     fn u32(&mut self, what: &str) -> Result<u32> {
         Ok(u32::from_be_bytes(self.arr(what)?))
     }
-    fn string(&mut self, n: usize, what: &str) -> Result<String> {
+    fn string(&mut self, n: usize, what: &str) -> Result<&'a str> {
         let b = self.take(n, what)?;
-        String::from_utf8(b.to_vec())
-            .map_err(|_| CryptoError::Malformed(format!("{what} is not UTF-8")))
+        std::str::from_utf8(b).map_err(|_| CryptoError::Malformed(format!("{what} is not UTF-8")))
     }
 }
 
@@ -204,10 +230,7 @@ pub fn parse(buf: &[u8]) -> Result<Envelope<'_>> {
         let index = c.u32("batch index")?;
         let size = c.u32("batch size")?;
         let n = c.u8("path length")? as usize;
-        let mut path = Vec::with_capacity(n);
-        for _ in 0..n {
-            path.push(c.arr::<32>("path")?);
-        }
+        let path = c.take(32 * n, "path")?;
         Some(BatchProof { index, size, path })
     } else {
         None

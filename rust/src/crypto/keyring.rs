@@ -10,8 +10,8 @@ use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use super::envelope::{self, BatchProof, Envelope, Header, KIND_DIRECT, KIND_TOPIC, MAX_PAYLOAD};
-use super::merkle::{self, Hash};
+use super::envelope::{self, Envelope, Header, KIND_DIRECT, KIND_TOPIC, MAX_PAYLOAD};
+use super::merkle::{self, Hash, Tree};
 use super::replay::{Freshness, ReplayGuard};
 use super::{random, CryptoError, Result};
 
@@ -22,6 +22,10 @@ const SIG_BATCH: &[u8] = b"symbi.bus.sig.batch.v1";
 /// Batches remembered (the last verified proof of each); a full cache is simply cleared
 /// (the next envelope of a batch then verifies its signature again).
 const MEMO_CACHE: usize = 4096;
+/// Envelope and payload buffers kept for reuse, and the largest one kept: steady traffic
+/// seals and opens without a heap allocation per message.
+const POOL_BUFFERS: usize = 4096;
+const POOL_MAX_BYTES: usize = 64 * 1024;
 
 /// The last verified proof of a batch: the nodes on its path (level 0 = leaf, last = the
 /// signed root), how many path hashes were used below each level, and the path itself.
@@ -32,7 +36,8 @@ struct BatchMemo {
     index: usize,
     nodes: Vec<Hash>,
     used: Vec<usize>,
-    path: Vec<Hash>,
+    /// The path's sibling hashes, 32 bytes each.
+    path: Vec<u8>,
 }
 
 pub type KeyId = [u8; 8];
@@ -96,10 +101,11 @@ struct Identity {
     peer: Peer,
 }
 
-/// The result of opening an envelope.
+/// The result of opening an envelope: its header borrows the envelope; the payload is a
+/// pooled buffer (hand it back with [`KeyRing::recycle`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Opened {
-    pub header: Header,
+pub struct Opened<'a> {
+    pub header: Header<'a>,
     pub payload: Vec<u8>,
     pub duplicate: bool,
 }
@@ -121,10 +127,16 @@ pub struct KeyRing {
     topics: HashMap<String, (KeyId, Aes256Gcm, [u8; 32])>,
     /// Every group key known for a topic, by key id: what opening uses, so messages sealed
     /// under another runtime's key (or a previous key) still open.
-    topic_openers: HashMap<(String, KeyId), Aes256Gcm>,
+    topic_openers: HashMap<String, HashMap<KeyId, Aes256Gcm>>,
     batch_memo: HashMap<(KeyId, [u8; 64]), BatchMemo>,
     replay: HashMap<String, ReplayGuard>,
     replay_window_ns: u64,
+    pool: Vec<Vec<u8>>,
+    tree: Tree,
+    leaves: Vec<Hash>,
+    rnd: Vec<u8>,
+    scratch_nodes: Vec<Hash>,
+    scratch_used: Vec<usize>,
 }
 
 /// A message id (16 bytes) and an AES-GCM nonce (12 bytes) from 28 random bytes.
@@ -222,7 +234,9 @@ impl KeyRing {
         let id: KeyId = Sha256::digest(raw)[..8].try_into().expect("8");
         let cipher = Aes256Gcm::new_from_slice(&raw).expect("32-byte key");
         self.topic_openers
-            .insert((topic.into(), id), cipher.clone());
+            .entry(topic.into())
+            .or_default()
+            .insert(id, cipher.clone());
         self.topics.insert(topic.into(), (id, cipher, raw));
         Ok(())
     }
@@ -240,7 +254,10 @@ impl KeyRing {
             self.set_topic_key(topic, &arr)?;
         } else {
             let cipher = Aes256Gcm::new_from_slice(&arr).expect("32-byte key");
-            self.topic_openers.insert((topic.into(), id), cipher);
+            self.topic_openers
+                .entry(topic.into())
+                .or_default()
+                .insert(id, cipher);
         }
         Ok(id)
     }
@@ -250,7 +267,9 @@ impl KeyRing {
         let Ok(kid) = <KeyId>::try_from(key_id) else {
             return false;
         };
-        self.topic_openers.contains_key(&(topic.to_string(), kid))
+        self.topic_openers
+            .get(topic)
+            .is_some_and(|keys| keys.contains_key(&kid))
     }
 
     /// The id of the key `topic` is sealed under, if it has one.
@@ -301,15 +320,36 @@ impl KeyRing {
         Ok((s_id, r_id, &self.pair_keys[&(s_id, r_id)]))
     }
 
-    /// Encrypt one item; returns (header bytes, ciphertext) ready to be signed.
-    fn encrypt(
-        &mut self,
+    /// A buffer from the pool (or a new one).
+    fn buffer(&mut self) -> Vec<u8> {
+        let mut b = self.pool.pop().unwrap_or_default();
+        b.clear();
+        b
+    }
+
+    /// Return buffers (sealed envelopes, opened payloads) for reuse.
+    pub fn recycle(&mut self, bufs: impl IntoIterator<Item = Vec<u8>>) {
+        for b in bufs {
+            if self.pool.len() >= POOL_BUFFERS {
+                break;
+            }
+            if b.capacity() <= POOL_MAX_BYTES {
+                self.pool.push(b);
+            }
+        }
+    }
+
+    /// Encrypt one item into `out` as `header | ciphertext_len | ciphertext` (the part
+    /// the signature covers); returns the header length.
+    fn encrypt_into(
+        &self,
         sender: &str,
         item: &SealItem<'_>,
         id: [u8; 16],
         nonce: [u8; 12],
         ts: u64,
-    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        out: &mut Vec<u8>,
+    ) -> Result<usize> {
         if item.payload.len() > MAX_PAYLOAD {
             return Err(CryptoError::Invalid {
                 what: "payload",
@@ -320,70 +360,84 @@ impl KeyRing {
                 ),
             });
         }
-        let (kind, s_id, r_id) = if item.topic {
-            self.ensure_topic(item.recipient);
+        let (kind, s_id, r_id, cipher) = if item.topic {
             let me = self
                 .identities
                 .get(sender)
                 .ok_or_else(|| CryptoError::UnknownAgent(sender.into()))?;
-            (KIND_TOPIC, me.peer.key_id, self.topics[item.recipient].0)
+            let t = &self.topics[item.recipient];
+            (KIND_TOPIC, me.peer.key_id, t.0, &t.1)
         } else {
-            let (s, r, _) = self.pair_cipher(sender, item.recipient, false)?;
-            (KIND_DIRECT, s, r)
+            let s_id = self.identities[sender].peer.key_id;
+            let r_id = self.peers[item.recipient].key_id;
+            (KIND_DIRECT, s_id, r_id, &self.pair_keys[&(s_id, r_id)])
         };
         let header = Header {
             kind,
             id,
             timestamp_ns: ts,
-            sender: sender.into(),
-            recipient: item.recipient.into(),
+            sender,
+            recipient: item.recipient,
             sender_key: s_id,
             recipient_key: r_id,
             nonce,
-            content_type: item.content_type.into(),
+            content_type: item.content_type,
         };
-        let mut hb = Vec::with_capacity(96 + sender.len() + item.recipient.len());
-        envelope::write_header(&header, &mut hb)?;
-        let cipher = if item.topic {
-            &self.topics[item.recipient].1
-        } else {
-            &self.pair_keys[&(s_id, r_id)]
-        };
-        let mut ct = Vec::with_capacity(item.payload.len() + envelope::TAG_LEN);
-        ct.extend_from_slice(item.payload);
+        out.clear();
+        envelope::write_header(&header, out)?;
+        let hl = out.len();
+        out.extend_from_slice(&((item.payload.len() + envelope::TAG_LEN) as u32).to_be_bytes());
+        out.extend_from_slice(item.payload);
+        let (head, body) = out.split_at_mut(hl + 4);
         let tag = cipher
-            .encrypt_inout_detached(&Nonce::from(nonce), &hb, ct.as_mut_slice().into())
+            .encrypt_inout_detached(&Nonce::from(nonce), &head[..hl], body.into())
             .map_err(|_| CryptoError::Invalid {
                 what: "payload",
                 detail: "AES-GCM refused to encrypt it".into(),
             })?;
-        ct.extend_from_slice(&tag);
-        Ok((hb, ct))
+        out.extend_from_slice(&tag);
+        Ok(hl)
     }
 
-    fn assemble(hb: &[u8], ct: &[u8], sig: &[u8; 64], proof: Option<&BatchProof>) -> Vec<u8> {
-        let extra = proof.map_or(0, |p| 9 + 32 * p.path.len());
-        let mut out = Vec::with_capacity(hb.len() + 4 + ct.len() + 65 + extra);
-        out.extend_from_slice(hb);
-        out.extend_from_slice(&(ct.len() as u32).to_be_bytes());
-        out.extend_from_slice(ct);
-        envelope::write_signature(sig, proof, &mut out);
-        out
+    /// Make sure the keys `item` is sealed under exist (topic key, pair key).
+    fn prepare(&mut self, sender: &str, item: &SealItem<'_>) -> Result<()> {
+        if item.topic {
+            self.ensure_topic(item.recipient);
+            if !self.identities.contains_key(sender) {
+                return Err(CryptoError::UnknownAgent(sender.into()));
+            }
+        } else {
+            self.pair_cipher(sender, item.recipient, false)?;
+        }
+        Ok(())
     }
 
-    /// Seal one message, signed on its own.
+    /// The leaf hash of a buffer laid out by `encrypt_into`.
+    fn leaf_of(buf: &[u8], header_len: usize) -> Hash {
+        envelope::leaf(&buf[..header_len], &buf[header_len + 4..])
+    }
+
+    /// Seal one message, signed on its own, into a pooled buffer.
     pub fn seal(&mut self, sender: &str, item: &SealItem<'_>, ts: Option<u64>) -> Result<Vec<u8>> {
         let ts = ts.unwrap_or_else(now_ns);
         let r = random::<28>();
         let (id, nonce) = split_random(&r);
-        let (hb, ct) = self.encrypt(sender, item, id, nonce, ts)?;
-        let leaf = envelope::leaf(&hb, &ct);
-        let me = &self.identities[sender];
-        let mut msg = Vec::with_capacity(SIG_SINGLE.len() + 32);
-        msg.extend_from_slice(SIG_SINGLE);
-        msg.extend_from_slice(&leaf);
-        let sig = me.sign.sign(&msg).to_bytes();
-        Ok(Self::assemble(&hb, &ct, &sig, None))
+        self.prepare(sender, item)?;
+        let mut buf = self.buffer();
+        let hl = match self.encrypt_into(sender, item, id, nonce, ts, &mut buf) {
+            Ok(hl) => hl,
+            Err(e) => {
+                self.recycle([buf]);
+                return Err(e);
+            }
+        };
+        let leaf = Self::leaf_of(&buf, hl);
+        let mut msg = [0u8; SIG_SINGLE.len() + 32];
+        msg[..SIG_SINGLE.len()].copy_from_slice(SIG_SINGLE);
+        msg[SIG_SINGLE.len()..].copy_from_slice(&leaf);
+        let sig = self.identities[sender].sign.sign(&msg).to_bytes();
+        envelope::write_single_signature(&sig, &mut buf);
+        Ok(buf)
     }
 
     /// Seal many messages from one sender under one signature over their Merkle root.
@@ -406,40 +460,54 @@ impl KeyRing {
             });
         }
         let ts = ts.unwrap_or_else(now_ns);
-        let mut parts = Vec::with_capacity(items.len());
+        for it in items {
+            self.prepare(sender, it)?;
+        }
         // One call to the OS for the whole batch's ids and nonces.
-        let mut rnd = vec![0u8; 28 * items.len()];
+        let mut rnd = std::mem::take(&mut self.rnd);
+        rnd.resize(28 * items.len(), 0);
         getrandom::fill(&mut rnd).expect("the operating system random source failed");
+        let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(items.len());
+        let mut leaves = std::mem::take(&mut self.leaves);
+        leaves.clear();
+        let mut failed = None;
         for (it, r) in items.iter().zip(rnd.chunks_exact(28)) {
             let (id, nonce) = split_random(r);
-            parts.push(self.encrypt(sender, it, id, nonce, ts)?);
+            let mut buf = self.buffer();
+            match self.encrypt_into(sender, it, id, nonce, ts, &mut buf) {
+                Ok(hl) => leaves.push(Self::leaf_of(&buf, hl)),
+                Err(e) => failed = Some(e),
+            }
+            bufs.push(buf);
+            if failed.is_some() {
+                break;
+            }
         }
-        let leaves: Vec<Hash> = parts.iter().map(|(h, c)| envelope::leaf(h, c)).collect();
-        let (root, paths) = merkle::root_and_paths(&leaves);
-        let mut msg = Vec::with_capacity(SIG_BATCH.len() + 36);
-        msg.extend_from_slice(SIG_BATCH);
-        msg.extend_from_slice(&root);
-        msg.extend_from_slice(&(items.len() as u32).to_be_bytes());
+        self.rnd = rnd;
+        if let Some(e) = failed {
+            self.leaves = leaves;
+            self.recycle(bufs);
+            return Err(e);
+        }
+        let mut tree = std::mem::take(&mut self.tree);
+        tree.build(&leaves);
+        self.leaves = leaves;
+        let mut msg = [0u8; SIG_BATCH.len() + 36];
+        msg[..SIG_BATCH.len()].copy_from_slice(SIG_BATCH);
+        msg[SIG_BATCH.len()..SIG_BATCH.len() + 32].copy_from_slice(&tree.root());
+        msg[SIG_BATCH.len() + 32..].copy_from_slice(&(items.len() as u32).to_be_bytes());
         let sig = self.identities[sender].sign.sign(&msg).to_bytes();
-        Ok(parts
-            .iter()
-            .zip(paths)
-            .enumerate()
-            .map(|(i, ((hb, ct), path))| {
-                let proof = BatchProof {
-                    index: i as u32,
-                    size: items.len() as u32,
-                    path,
-                };
-                Self::assemble(hb, ct, &sig, Some(&proof))
-            })
-            .collect())
+        for (i, buf) in bufs.iter_mut().enumerate() {
+            envelope::write_batch_signature(&sig, i, &tree, buf);
+        }
+        self.tree = tree;
+        Ok(bufs)
     }
 
     fn verify_signature(&mut self, env: &Envelope<'_>, peer: &Peer) -> Result<()> {
         let fail = |detail: &str| CryptoError::Signature {
             id: envelope::id_hex(&env.header.id),
-            sender: env.header.sender.clone(),
+            sender: env.header.sender.to_owned(),
             detail: detail.into(),
         };
         let leaf = envelope::leaf(env.header_bytes, env.ciphertext);
@@ -459,12 +527,15 @@ impl KeyRing {
             Some(p) => {
                 let key = (peer.key_id, env.signature);
                 let (k, n) = (p.index as usize, p.size as usize);
-                if k >= n || n > MAX_BATCH || p.path.len() > 32 {
+                if k >= n || n > MAX_BATCH || p.len() > 32 {
                     return Err(fail("the batch proof is malformed"));
                 }
                 let memo = self.batch_memo.get(&key).filter(|m| m.size == p.size);
-                let mut nodes: Vec<Hash> = Vec::with_capacity(18);
-                let mut used: Vec<usize> = Vec::with_capacity(18);
+                // Scratch lists kept in the ring: no allocation per envelope.
+                let mut nodes = std::mem::take(&mut self.scratch_nodes);
+                let mut used = std::mem::take(&mut self.scratch_used);
+                nodes.clear();
+                used.clear();
                 nodes.push(leaf);
                 used.push(0);
                 let (mut cur, mut idx, mut sz, mut pos, mut level) = (leaf, k, n, 0usize, 0usize);
@@ -474,8 +545,8 @@ impl KeyRing {
                         if k >> level == m.index >> level {
                             // Same node as the verified proof from here up: it must be equal,
                             // and so must the rest of the path.
-                            let tail = m.path.get(m.used[level]..).unwrap_or(&[]);
-                            if cur != m.nodes[level] || p.path.get(pos..) != Some(tail) {
+                            let tail = m.path.get(m.used[level] * 32..).unwrap_or(&[]);
+                            if cur != m.nodes[level] || p.path.get(pos * 32..) != Some(tail) {
                                 return Err(fail("the batch proof does not match its signed tree"));
                             }
                             nodes.extend_from_slice(&m.nodes[level + 1..]);
@@ -490,8 +561,7 @@ impl KeyRing {
                     }
                     if idx ^ 1 < sz {
                         let s = p
-                            .path
-                            .get(pos)
+                            .node(pos)
                             .ok_or_else(|| fail("the batch proof is malformed"))?;
                         pos += 1;
                         cur = if idx % 2 == 0 {
@@ -507,7 +577,7 @@ impl KeyRing {
                     used.push(pos);
                 }
                 if !merged {
-                    if pos != p.path.len() {
+                    if pos != p.len() {
                         return Err(fail("the batch proof is malformed"));
                     }
                     let mut msg = Vec::with_capacity(SIG_BATCH.len() + 36);
@@ -521,16 +591,24 @@ impl KeyRing {
                 if self.batch_memo.len() >= MEMO_CACHE && !self.batch_memo.contains_key(&key) {
                     self.batch_memo.clear();
                 }
-                self.batch_memo.insert(
-                    key,
-                    BatchMemo {
-                        size: p.size,
-                        index: k,
-                        nodes,
-                        used,
-                        path: p.path.clone(),
-                    },
-                );
+                // Overwrite the batch's memo in place: no allocation once it exists.
+                let m = self.batch_memo.entry(key).or_insert_with(|| BatchMemo {
+                    size: p.size,
+                    index: k,
+                    nodes: Vec::new(),
+                    used: Vec::new(),
+                    path: Vec::new(),
+                });
+                m.size = p.size;
+                m.index = k;
+                m.nodes.clear();
+                m.nodes.extend_from_slice(&nodes);
+                m.used.clear();
+                m.used.extend_from_slice(&used);
+                m.path.clear();
+                m.path.extend_from_slice(p.path);
+                self.scratch_nodes = nodes;
+                self.scratch_used = used;
                 Ok(())
             }
         }
@@ -538,14 +616,19 @@ impl KeyRing {
 
     /// Verify, check freshness, and decrypt an envelope addressed to `opener` (an agent
     /// id; for topic messages, a subscriber holding the topic key).
-    pub fn open(&mut self, opener: &str, buf: &[u8], now: Option<u64>) -> Result<Opened> {
+    pub fn open<'a>(
+        &mut self,
+        opener: &str,
+        buf: &'a [u8],
+        now: Option<u64>,
+    ) -> Result<Opened<'a>> {
         let env = envelope::parse(buf)?;
         let h = &env.header;
         let id = || envelope::id_hex(&h.id);
         if h.kind == KIND_DIRECT && h.recipient != opener {
             return Err(CryptoError::WrongRecipient {
                 id: id(),
-                recipient: h.recipient.clone(),
+                recipient: h.recipient.to_owned(),
                 opener: opener.into(),
             });
         }
@@ -554,13 +637,13 @@ impl KeyRing {
         }
         let peer = self
             .peers
-            .get(&h.sender)
+            .get(h.sender)
             .cloned()
-            .ok_or_else(|| CryptoError::UnknownAgent(h.sender.clone()))?;
+            .ok_or_else(|| CryptoError::UnknownAgent(h.sender.to_owned()))?;
         if peer.key_id != h.sender_key {
             return Err(CryptoError::Signature {
                 id: id(),
-                sender: h.sender.clone(),
+                sender: h.sender.to_owned(),
                 detail: "signed with a key that is not the sender's current key".into(),
             });
         }
@@ -569,11 +652,12 @@ impl KeyRing {
         // key) must not be remembered as seen, or it could never be opened later.
         let cipher = if h.kind == KIND_TOPIC {
             self.topic_openers
-                .get(&(h.recipient.clone(), h.recipient_key))
-                .ok_or_else(|| CryptoError::UnknownTopic(h.recipient.clone()))?
+                .get(h.recipient)
+                .and_then(|keys| keys.get(&h.recipient_key))
+                .ok_or_else(|| CryptoError::UnknownTopic(h.recipient.to_owned()))?
                 .clone()
         } else {
-            let (_, r, c) = self.pair_cipher(&h.sender, opener, true)?;
+            let (_, r, c) = self.pair_cipher(h.sender, opener, true)?;
             if r != h.recipient_key {
                 return Err(CryptoError::Decrypt { id: id() });
             }
@@ -600,7 +684,8 @@ impl KeyRing {
             });
         }
         let n = env.ciphertext.len() - envelope::TAG_LEN;
-        let mut pt = env.ciphertext[..n].to_vec();
+        let mut pt = self.buffer();
+        pt.extend_from_slice(&env.ciphertext[..n]);
         let tag = Tag::try_from(&env.ciphertext[n..]).expect("16-byte tag");
         if cipher
             .decrypt_inout_detached(
@@ -611,10 +696,11 @@ impl KeyRing {
             )
             .is_err()
         {
+            self.recycle([pt]);
             return Err(CryptoError::Decrypt { id: id() });
         }
         Ok(Opened {
-            header: env.header.clone(),
+            header: env.header,
             payload: pt,
             duplicate: fresh == Freshness::Duplicate,
         })
@@ -624,6 +710,76 @@ impl KeyRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    /// Counts this thread's heap allocations (the test binary's allocator; other
+    /// threads' tests do not disturb the count).
+    struct Counting;
+
+    thread_local! {
+        static ALLOCS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCS.with(|c| c.set(c.get() + 1));
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            ALLOCS.with(|c| c.set(c.get() + 1));
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    fn allocations(f: impl FnOnce()) -> usize {
+        let before = ALLOCS.with(Cell::get);
+        f();
+        ALLOCS.with(Cell::get) - before
+    }
+
+    #[test]
+    fn warm_seal_and_open_allocate_per_batch_not_per_message() {
+        let mut r = ring();
+        let payload = [7u8; 200];
+        let run = |r: &mut KeyRing, n: usize| {
+            let items: Vec<SealItem<'_>> = (0..n).map(|_| item("bob", &payload)).collect();
+            let sealed = allocations(|| {
+                let envs = r.seal_batch("alice", &items, None).unwrap();
+                r.recycle(envs);
+            });
+            let envs = r.seal_batch("alice", &items, None).unwrap();
+            let opened = allocations(|| {
+                for e in &envs {
+                    let o = r.open("bob", e, None).unwrap();
+                    assert_eq!(o.payload, payload);
+                    r.recycle([o.payload]);
+                }
+            });
+            r.recycle(envs);
+            (sealed, opened)
+        };
+        run(&mut r, 1024); // warm the pools, the memo and the replay guard
+        run(&mut r, 1024);
+        let (seal_small, open_small) = run(&mut r, 64);
+        let (seal_big, open_big) = run(&mut r, 1024);
+        // 16x the messages: only per-batch allocations (the result list, tree levels) and
+        // the replay guard's amortised growth may differ, never one per message.
+        assert!(
+            seal_big <= seal_small + 8,
+            "seal: {seal_small} -> {seal_big}"
+        );
+        assert!(
+            open_big <= open_small + 16,
+            "open: {open_small} -> {open_big}"
+        );
+    }
 
     fn ring() -> KeyRing {
         let mut r = KeyRing::new(30_000_000_000);

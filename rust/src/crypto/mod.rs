@@ -29,6 +29,12 @@
 //!   from the OS in one call.
 //! * Replays: a receiver rejects envelopes outside the timestamp window and remembers
 //!   the ids it has accepted until they leave the window (`ReplayGuard`).
+//! * Buffers: the ring keeps a pool of byte buffers. An envelope is written into one in
+//!   place (header, payload encrypted where it lies, then the signature and the proof
+//!   read from the batch's `merkle::Tree`); an opened payload is decrypted into one;
+//!   parsed headers borrow the envelope; the batch memo, tree and scratch lists are
+//!   overwritten. Callers hand buffers back with `recycle`, so warm traffic allocates per
+//!   batch, never per message.
 
 pub mod envelope;
 pub mod keyring;

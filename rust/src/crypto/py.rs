@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyString};
 
 use super::envelope::{self, KIND_TOPIC};
 use super::keyring::{KeyRing, Opened, SealItem};
@@ -15,24 +15,24 @@ const DETACH_ITEMS: usize = 32;
 
 type OpenedTuple<'py> = (
     String,
-    String,
-    String,
+    Bound<'py, PyString>,
+    Bound<'py, PyString>,
     bool,
     u64,
-    String,
+    Bound<'py, PyString>,
     Bound<'py, PyBytes>,
     bool,
 );
 
-fn opened<'py>(py: Python<'py>, o: &Opened) -> OpenedTuple<'py> {
+fn opened<'py>(py: Python<'py>, o: &Opened<'_>) -> OpenedTuple<'py> {
     let h = &o.header;
     (
         envelope::id_hex(&h.id),
-        h.sender.clone(),
-        h.recipient.clone(),
+        PyString::new(py, h.sender),
+        PyString::new(py, h.recipient),
         h.kind == KIND_TOPIC,
         h.timestamp_ns,
-        h.content_type.clone(),
+        PyString::new(py, h.content_type),
         PyBytes::new(py, &o.payload),
         o.duplicate,
     )
@@ -142,8 +142,11 @@ impl BusKeyRing {
             payload,
         };
         // One seal is shorter than a GIL hand-off under contention (see gil.rs).
-        let out = self.ring().seal(sender, &item, timestamp_ns)?;
-        Ok(PyBytes::new(py, &out))
+        let mut ring = self.ring();
+        let out = ring.seal(sender, &item, timestamp_ns)?;
+        let env = PyBytes::new(py, &out);
+        ring.recycle([out]);
+        Ok(env)
     }
 
     /// Encrypt many messages from one sender and sign them with one signature.
@@ -169,7 +172,9 @@ impl BusKeyRing {
         let out = gil::detach_if(py, heavy, || {
             self.ring().seal_batch(sender, &views, timestamp_ns)
         })?;
-        Ok(out.iter().map(|b| PyBytes::new(py, b)).collect())
+        let envs = out.iter().map(|b| PyBytes::new(py, b)).collect();
+        self.ring().recycle(out);
+        Ok(envs)
     }
 
     /// Verify, replay-check and decrypt one envelope for `opener`. Returns
@@ -182,8 +187,11 @@ impl BusKeyRing {
         envelope: &[u8],
         now_ns: Option<u64>,
     ) -> PyResult<OpenedTuple<'py>> {
-        let o = self.ring().open(opener, envelope, now_ns)?;
-        Ok(opened(py, &o))
+        let mut ring = self.ring();
+        let o = ring.open(opener, envelope, now_ns)?;
+        let t = opened(py, &o);
+        ring.recycle([o.payload]);
+        Ok(t)
     }
 
     /// `open` for many envelopes; each result is the tuple, or the exception for that item.
@@ -201,13 +209,20 @@ impl BusKeyRing {
             let mut ring = self.ring();
             views.iter().map(|v| ring.open(opener, v, now_ns)).collect()
         });
-        results
+        let mut spent = Vec::with_capacity(results.len());
+        let out = results
             .into_iter()
             .map(|r| match r {
-                Ok(o) => Ok(opened(py, &o).into_pyobject(py)?.into_any().unbind()),
+                Ok(o) => {
+                    let t = opened(py, &o).into_pyobject(py)?.into_any().unbind();
+                    spent.push(o.payload);
+                    Ok(t)
+                }
                 Err(e) => Ok(PyErr::from(e).into_value(py).into_any()),
             })
-            .collect()
+            .collect();
+        self.ring().recycle(spent);
+        out
     }
 }
 
@@ -226,13 +241,13 @@ pub fn parse_envelope<'py>(py: Python<'py>, envelope: &[u8]) -> PyResult<Bound<'
             "direct"
         },
     )?;
-    d.set_item("sender", &h.sender)?;
-    d.set_item("recipient", &h.recipient)?;
+    d.set_item("sender", h.sender)?;
+    d.set_item("recipient", h.recipient)?;
     d.set_item("timestamp_ns", h.timestamp_ns)?;
     d.set_item("sender_key_id", PyBytes::new(py, &h.sender_key))?;
     d.set_item("recipient_key_id", PyBytes::new(py, &h.recipient_key))?;
     d.set_item("nonce", PyBytes::new(py, &h.nonce))?;
-    d.set_item("content_type", &h.content_type)?;
+    d.set_item("content_type", h.content_type)?;
     d.set_item("encrypted_payload", PyBytes::new(py, e.ciphertext))?;
     d.set_item("signature", PyBytes::new(py, &e.signature))?;
     d.set_item("batch", e.batch.as_ref().map(|b| (b.index, b.size)))?;
