@@ -375,3 +375,49 @@ async def test_unregistered_agent_stops_receiving() -> None:
             await bus.send(Task(text="x"), sender="alice", to="bob", timeout=0.3)
         with pytest.raises(InvalidArgument):
             bus.unregister_agent(bus.runtime_id)
+
+
+async def test_inproc_publish_reaches_exactly_the_current_subscribers() -> None:
+    """Publishing follows every subscribe/unsubscribe (one, two, wildcard, none), and a
+    closed transport or an oversized payload raises at the await."""
+    t = InProcTransport(max_payload=64)
+    await t.connect(timeout=1)
+    got: list[tuple[str, bytes]] = []
+
+    def collector(name: str) -> Any:
+        async def h(inc: Any) -> None:
+            got.append((name, inc.data))
+
+        return h
+
+    a = await t.subscribe("x.one", collector("a"), timeout=1)
+    await t.publish("x.one", b"1", timeout=1)
+    b = await t.subscribe("x.one", collector("b"), timeout=1)
+    await t.publish("x.one", b"2", timeout=1)
+    w = await t.subscribe("x.*", collector("w"), timeout=1)
+    await t.publish("x.one", b"3", timeout=1)
+    await t.publish("x.two", b"4", timeout=1)
+    await b.unsubscribe()
+    await w.unsubscribe()
+    await t.publish("x.one", b"5", timeout=1)
+    await a.unsubscribe()
+    await t.publish("x.one", b"6", timeout=1)  # nobody listens: dropped, as NATS does
+    assert got == [
+        ("a", b"1"),
+        ("a", b"2"),
+        ("b", b"2"),
+        ("a", b"3"),
+        ("b", b"3"),
+        ("w", b"3"),
+        ("w", b"4"),
+        ("a", b"5"),
+    ]
+    await t.subscribe("x.one", collector("c"), timeout=1)
+    with pytest.raises(DeliveryError, match="byte limit"):
+        await t.publish("x.one", b"y" * 65, timeout=1)
+    await t.close(timeout=1)
+    with pytest.raises(DeliveryError, match="not connected"):
+        await t.publish("x.one", b"7", timeout=1)
+    await t.connect(timeout=1)
+    await t.publish("x.one", b"8", timeout=1)
+    assert got[-1] == ("c", b"8")
