@@ -979,73 +979,8 @@ class Bus:
             await self._subscribe_pending()
         out: list[Any] = [None] * n
         failed: list[Optional[BaseException]] = [None] * n
-        # Prepare: policy (one decision per recipient and type), rate limit, frames.
-        decided: dict[tuple[str, str], Union[Optional[float], BaseException]] = {}
-        ready: list[tuple[int, str, str, bytes]] = []  # (index, corr, ctype, frame)
-        for i, (msg, t) in enumerate(zip(items, targets)):
-            ctype = codec.type_name_of(msg)
-            key = (t, ctype)
-            try:
-                if key not in decided:
-                    try:
-                        decided[key] = self._authorize(sid, "send", t, ctype, label_list)
-                    except PolicyDenied as e:
-                        decided[key] = e
-                        raise
-                else:
-                    rate = decided[key]
-                    if isinstance(rate, BaseException):
-                        self.stats.policy_denied += 1
-                        raise rate
-                rate = decided[key]
-                assert not isinstance(rate, BaseException)
-                await self._rate_limit(sid, rate, deadline)
-                corr = f"{next(self._corr):x}"
-                frame = codec.encode_frame(
-                    codec.KIND_REQUEST,
-                    msg,
-                    corr=corr,
-                    reply_to=f"symbi.reply.{self._bus_token}.{corr}",
-                    timeout=max(deadline - time.monotonic(), 0.001),
-                )
-                self._check_size(frame)
-            except SymbiError as e:
-                failed[i] = e
-                continue
-            ready.append((i, corr, ctype, frame))
-        # Recipients' keys, each looked up once.
-        unknown: dict[str, DeliveryError] = {}
-        for t in {targets[i] for i, *_ in ready}:
-            try:
-                await self._ensure_peer(t, deadline, purpose="send")
-            except DeliveryError as e:
-                unknown[t] = e
-        sealable: list[tuple[int, str, str, bytes]] = []
-        for entry in ready:
-            i = entry[0]
-            err = unknown.get(targets[i])
-            if err is None:
-                sealable.append(entry)
-            else:
-                self._dead_letter("", sid, targets[i], items[i], err.reason or "unknown", 0)
-                failed[i] = err
-        # Seal in batches of max_batch (one signature each), then register the requests.
-        # Grouped by recipient, so each recipient opens a contiguous run of one batch: its
-        # proofs share their upper paths, which the opener checks only once.
-        sealable.sort(key=lambda e: targets[e[0]])
-        sealed: list[tuple[int, str, bytes]] = []  # (index, corr, envelope)
-        for k in range(0, len(sealable), self._max_batch):
-            chunk = sealable[k : k + self._max_batch]
-            jobs = [(targets[i], ctype, frame, False) for i, _c, ctype, frame in chunk]
-            try:
-                envs = self._seal_batch_now(sid, jobs)
-                self.stats.batches += 1
-                self.stats.batched_messages += len(chunk)
-            except SymbiError as e:
-                for i, *_ in chunk:
-                    failed[i] = e
-                continue
-            sealed.extend((i, corr, env) for (i, corr, _t, _f), env in zip(chunk, envs))
+        ready = await self._frame_requests(sid, items, targets, label_list, deadline, failed)
+        sealed = await self._seal_requests(sid, ready, items, targets, deadline, failed)
         pendings: list[tuple[int, str, _Pending]] = []
         for i, corr, _env in sealed:
             p = _Pending(sid, targets[i])
@@ -1079,6 +1014,99 @@ class Bus:
         if first is not None:
             raise first
         return out
+
+    async def _frame_requests(
+        self,
+        sid: str,
+        items: list[Message],
+        targets: list[str],
+        label_list: list[str],
+        deadline: float,
+        failed: list[Optional[BaseException]],
+    ) -> list[tuple[int, str, str, bytes]]:
+        """(index, corr, content type, frame) of every request that passes the policy
+        (one decision per recipient and type), the rate limit and the size check; the
+        others' errors go to ``failed``."""
+        decided: dict[tuple[str, str], Union[Optional[float], BaseException]] = {}
+        ready: list[tuple[int, str, str, bytes]] = []  # (index, corr, ctype, frame)
+        for i, (msg, t) in enumerate(zip(items, targets)):
+            ctype = codec.type_name_of(msg)
+            key = (t, ctype)
+            try:
+                if key not in decided:
+                    try:
+                        decided[key] = self._authorize(sid, "send", t, ctype, label_list)
+                    except PolicyDenied as e:
+                        decided[key] = e
+                        raise
+                else:
+                    rate = decided[key]
+                    if isinstance(rate, BaseException):
+                        self.stats.policy_denied += 1
+                        raise rate
+                rate = decided[key]
+                assert not isinstance(rate, BaseException)
+                await self._rate_limit(sid, rate, deadline)
+                corr = f"{next(self._corr):x}"
+                frame = codec.encode_frame(
+                    codec.KIND_REQUEST,
+                    msg,
+                    corr=corr,
+                    reply_to=f"symbi.reply.{self._bus_token}.{corr}",
+                    timeout=max(deadline - time.monotonic(), 0.001),
+                )
+                self._check_size(frame)
+            except SymbiError as e:
+                failed[i] = e
+                continue
+            ready.append((i, corr, ctype, frame))
+        return ready
+
+    async def _seal_requests(
+        self,
+        sid: str,
+        ready: list[tuple[int, str, str, bytes]],
+        items: list[Message],
+        targets: list[str],
+        deadline: float,
+        failed: list[Optional[BaseException]],
+    ) -> list[tuple[int, str, bytes]]:
+        """(index, corr, envelope) of the framed requests, sealed in batches of
+        ``max_batch``; unknown recipients are dead-lettered into ``failed``."""
+        # Recipients' keys, each looked up once.
+        unknown: dict[str, DeliveryError] = {}
+        for t in {targets[i] for i, *_ in ready}:
+            try:
+                await self._ensure_peer(t, deadline, purpose="send")
+            except DeliveryError as e:
+                unknown[t] = e
+        sealable: list[tuple[int, str, str, bytes]] = []
+        for entry in ready:
+            i = entry[0]
+            err = unknown.get(targets[i])
+            if err is None:
+                sealable.append(entry)
+            else:
+                self._dead_letter("", sid, targets[i], items[i], err.reason or "unknown", 0)
+                failed[i] = err
+        # Seal in batches of max_batch (one signature each), then register the requests.
+        # Grouped by recipient, so each recipient opens a contiguous run of one batch: its
+        # proofs share their upper paths, which the opener checks only once.
+        sealable.sort(key=lambda e: targets[e[0]])
+        sealed: list[tuple[int, str, bytes]] = []  # (index, corr, envelope)
+        for k in range(0, len(sealable), self._max_batch):
+            chunk = sealable[k : k + self._max_batch]
+            jobs = [(targets[i], ctype, frame, False) for i, _c, ctype, frame in chunk]
+            try:
+                envs = self._seal_batch_now(sid, jobs)
+                self.stats.batches += 1
+                self.stats.batched_messages += len(chunk)
+            except SymbiError as e:
+                for i, *_ in chunk:
+                    failed[i] = e
+                continue
+            sealed.extend((i, corr, env) for (i, corr, _t, _f), env in zip(chunk, envs))
+        return sealed
 
     async def _deliver_many(
         self,
