@@ -321,3 +321,28 @@ async def test_request_many_refuses_bad_arguments() -> None:
         with pytest.raises(symbi.errors.InvalidArgument):
             await rt.request_many("a", [Ask(text="x")], timeout=-1)
         assert await rt.request_many("a", [], timeout=1) == []
+
+
+@pytest.mark.parametrize("full_mailbox", ["wait", "fail"])
+async def test_request_many_larger_than_the_mailbox(full_mailbox: str) -> None:
+    """A batch bigger than the recipient's mailbox waits for room, or (``fail``) the
+    overflow is refused with DeliveryError and dead-lettered; nothing is lost."""
+    cfg = symbi.Config().replace(
+        runtime=symbi.RuntimeConfig(message_buffer_size=16, full_mailbox=full_mailbox)
+    )
+    async with symbi.Runtime(cfg) as rt:
+        await rt.spawn(Echo, name="echo")
+        msgs = [Ask(text=f"m{i}") for i in range(300)]
+        out = await rt.request_many("echo", msgs, timeout=10, return_exceptions=True)
+        answered = [x for x in out if isinstance(x, Ask)]
+        refused = [x for x in out if isinstance(x, DeliveryError)]
+        assert len(answered) + len(refused) == 300
+        assert [a.text for a in answered] == sorted(
+            (a.text for a in answered), key=lambda t: int(t[1:])
+        )
+        if full_mailbox == "wait":
+            assert not refused and not rt.dead_letters
+        else:
+            assert 16 <= len(answered) < 300
+            assert all(e.reason == "mailbox full" for e in refused)
+            assert len(rt.dead_letters) == len(refused)
