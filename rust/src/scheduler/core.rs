@@ -253,6 +253,7 @@ impl Scheduler {
         &self.slots[idx].id
     }
 
+    #[cfg(test)]
     pub fn slot_ids(&self) -> Vec<String> {
         self.slots.iter().map(|s| s.id.clone()).collect()
     }
