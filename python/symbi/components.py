@@ -72,6 +72,8 @@ class Housekeeper:
         self._rounds = 0
         self._last_round = 0.0
         self._scope: anyio.CancelScope | None = None
+        self._stopped: anyio.Event | None = None
+        self._halt = False
 
     @property
     def rounds(self) -> int:
@@ -98,18 +100,30 @@ class Housekeeper:
         self._rounds += 1
         self._last_round = time.monotonic()
 
-    async def _loop(self) -> None:
-        with anyio.CancelScope() as self._scope:
-            while True:
-                await anyio.sleep(self.interval_s)
-                await self.run_once()
+    async def _loop(self, stopped: anyio.Event) -> None:
+        try:
+            with anyio.CancelScope() as self._scope:
+                if self._halt:  # stop() came before this task began
+                    return
+                while True:
+                    await anyio.sleep(self.interval_s)
+                    await self.run_once()
+        finally:
+            stopped.set()
 
     async def start(self, task_group: TaskGroup) -> None:
-        task_group.start_soon(self._loop, name="symbi.housekeeper")
+        self._stopped = anyio.Event()
+        self._halt = False
+        task_group.start_soon(self._loop, self._stopped, name="symbi.housekeeper")
 
     async def stop(self) -> None:
+        """Cancel the loop and wait until a round in progress has ended, so the
+        components stopped after this one see no more maintenance."""
+        self._halt = True
         if self._scope is not None:
             self._scope.cancel()
+        if self._stopped is not None:
+            await self._stopped.wait()
 
     def health(self) -> ComponentHealth:
         failing = sorted(n for n, c in self._failures.items() if c >= 3)

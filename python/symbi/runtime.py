@@ -144,7 +144,6 @@ class Runtime:
             housekeeper=self.housekeeper,
         )
         self._components: list[Component] = [
-            self.housekeeper,
             self.policy,
             self.context,
             self._host,
@@ -162,6 +161,9 @@ class Runtime:
                     got=type(c).__name__,
                 )
             self._components.append(c)
+        # Very last, so it stops first: no maintenance round runs against a component
+        # that is stopping (or has stopped), the application's included.
+        self._components.append(self.housekeeper)
         names = [c.name for c in self._components]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -175,6 +175,43 @@ async def test_housekeeper_runs_tasks_and_reports_persistent_failures():
         assert rt.health().status == "ok"
 
 
+async def test_housekeeping_ends_before_any_component_stops():
+    """The housekeeper stops first and waits until a round in progress is cancelled, so
+    no maintenance task runs against a stopping component (the context store, an
+    application's)."""
+    journal: list[str] = []
+
+    class SlowStop(Recorder):
+        async def stop(self) -> None:
+            await super().stop()
+            await anyio.sleep(0.2)  # a round left running would finish in here
+
+    app = SlowStop("app", journal)
+    round_started = anyio.Event()
+
+    async def maintain() -> None:
+        journal.append("round")
+        round_started.set()
+        await anyio.sleep(0.05)  # still running when shutdown begins
+        journal.append("round done")
+
+    async with symbi.Runtime(fast_config(), components=[app]) as rt:
+        rt.housekeeper.register("app", maintain)
+        with anyio.fail_after(5):
+            await round_started.wait()
+    # The round in progress was cancelled with the housekeeper, before "app" stopped.
+    stopped = journal.index("stop app")
+    assert journal.index("round") < stopped
+    assert not any(e.startswith("round") for e in journal[stopped:])
+
+
+async def test_a_runtime_left_at_once_does_not_wait_for_a_housekeeping_round():
+    slow = Config().replace(runtime=RuntimeConfig(gc_interval_ms=60_000, shutdown_grace_s=30))
+    with anyio.fail_after(10):  # a hang, not a speed check: the round is a minute away
+        async with symbi.Runtime(slow):
+            pass
+
+
 def test_bad_arguments_are_invalid_argument():
     with pytest.raises(InvalidArgument) as ei:
         symbi.Runtime({"runtime": {}})  # type: ignore[arg-type]
