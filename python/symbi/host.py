@@ -13,7 +13,9 @@ execution timeouts, CPU share, memory caps and I/O buckets (resource manager), a
 lifecycle transitions (audited). Messages reach the host only through the secure bus
 (``symbi.bus``): it checks the policy, seals, verifies and opens every message, then calls
 :meth:`AgentHost.deliver`; each agent gets its bus identity at spawn and loses it at
-terminate.
+terminate. The one other way in is a task the application assigns to its own agent
+(``Runtime.run_tasks``, :meth:`AgentHost.run_tasks`): admitted by the same policy and rate
+limit, but not sealed, because it crosses no key boundary (both ends are this process).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import inspect
 import itertools
 import logging
 import os
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Iterable
@@ -204,6 +207,10 @@ class _Record:
 
 
 _PRIORITY_NAMES = {p.name.lower(): p for p in Priority}
+#: A message's size in the mailbox is its msgpack size; one encoder and one scratch buffer
+#: measure it without allocating per message (the event loop is single-threaded).
+_ENCODER = msgspec.msgpack.Encoder()
+_SIZE_BUF = bytearray()
 #: Messages a dispatch handles between yields to the event loop. Replies finished between
 #: two yields are sealed as one batch (one signature, one verification), so a larger
 #: interval means cheaper replies; handlers that never await still let the loop run
@@ -285,6 +292,7 @@ class AgentHost:
         self._bus = bus
         self._completed = 0
         self._late_replies = 0
+        self._task_timeouts = 0
         self._stopping = False
         self._deadlines = Deadlines()
         # anyio.Event() looks up the running backend on every call (~2 µs, per request);
@@ -625,8 +633,22 @@ class AgentHost:
                 "to must be an agent id or name", argument="to", expected="str", got=to
             )
         rec = self._rec(to)
+        self._check_deliverable(rec, msg)
+        try:
+            if len(rec.mailbox) >= self.mailbox_size or rec.space:
+                await self._wait_for_space(rec, timeout)
+        except TimeoutError:
+            raise DeliveryError(
+                f"agent {rec.name!r} kept a full mailbox ({self.mailbox_size} messages) for "
+                f"{timeout}s; the message was not accepted, retry or raise the timeout",
+                recipient=rec.id,
+                reason="mailbox full",
+            ) from None
+        return self._enqueue(rec, msg, sender, want_reply)
+
+    def _check_deliverable(self, rec: _Record, msg: Message) -> None:
+        # A refusal raises to the caller (the bus, or run_tasks), which dead-letters it.
         state = self.lifecycle.state(rec.id)
-        # A refusal raises to the bus, which dead-letters it and tells the sender.
         if state in (AgentState.TERMINATED, AgentState.FAILED):
             raise DeliveryError(
                 f"agent {rec.name!r} is {state.value}; the message is in the dead-letter queue",
@@ -640,17 +662,13 @@ class AgentHost:
                 recipient=rec.id,
                 reason="no handler",
             )
-        try:
-            if len(rec.mailbox) >= self.mailbox_size or rec.space:
-                await self._wait_for_space(rec, timeout)
-        except TimeoutError:
-            raise DeliveryError(
-                f"agent {rec.name!r} kept a full mailbox ({self.mailbox_size} messages) for "
-                f"{timeout}s; the message was not accepted, retry or raise the timeout",
-                recipient=rec.id,
-                reason="mailbox full",
-            ) from None
-        size = len(msgspec.msgpack.encode(msg))
+
+    def _enqueue(
+        self, rec: _Record, msg: Message, sender: Optional[str], want_reply: bool
+    ) -> Optional[_Reply]:
+        """Put ``msg`` in the mailbox (there is room), charged to the agent's memory."""
+        _ENCODER.encode_into(msg, _SIZE_BUF)  # the bytes it would take serialized
+        size = len(_SIZE_BUF)
         rec.account.charge_memory(size, f"{type(msg).__name__} message")
         reply = _Reply() if want_reply else None
         rec.mailbox.append(_Envelope(msg, sender, reply, size))
@@ -913,7 +931,7 @@ class AgentHost:
         if not reply.done.is_set():
             self._deadlines.add(anyio.current_time() + timeout, reply)
             try:
-                await reply.done.wait()
+                await reply.done.wait(self._event)
             finally:
                 if not reply.timed_out:
                     self._deadlines.settled()
@@ -930,6 +948,95 @@ class AgentHost:
         return reply.value
 
     # ------------------------------------------------------------ management
+    async def run_tasks(
+        self,
+        tasks: Iterable[tuple[int, Message, str]],
+        *,
+        deadline: float,
+        timeout: float,
+        out: list[Any],
+        failed: list[Optional[BaseException]],
+    ) -> None:
+        """Assign each ``(index, message, agent id)`` to its agent as a task and wait until
+        ``deadline`` (``time.monotonic``) for the results: ``out[index]`` gets the
+        handler's return value, ``failed[index]`` its exception, DeliveryError (the
+        message is dead-lettered: the agent is terminated, has no handler for it, or kept
+        a full mailbox) or RequestTimeout. No bus message is involved: the caller is the
+        application, in this process, and has already admitted the work (policy, rate)."""
+        replies: list[tuple[int, str, _Reply]] = []
+        try:
+            for i, msg, to in tasks:
+                try:
+                    rec = self._agents.get(to)
+                    if rec is not None and not rec.space and len(rec.mailbox) < self.mailbox_size:
+                        # Room in the mailbox: no wait, so none of deliver()'s machinery.
+                        self._check_deliverable(rec, msg)
+                        reply = self._enqueue(rec, msg, None, True)
+                    else:
+                        left = deadline - time.monotonic()
+                        if left <= 0.0:
+                            raise self._task_timeout(to, timeout)
+                        reply = await self.deliver(
+                            msg, to, sender=None, timeout=left, want_reply=True
+                        )
+                except DeliveryError as e:
+                    self._dead_letter_task(msg, to, e)
+                    failed[i] = e
+                    continue
+                except SymbiError as e:
+                    failed[i] = e
+                    continue
+                assert reply is not None
+                replies.append((i, to, reply))
+            # One deadline for the lot: wait in order; most are done by the time we look.
+            with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)):
+                for _i, _to, reply in replies:
+                    await reply.done.wait(self._event)
+        finally:
+            # Whatever is not done now never will be for this caller (deadline passed, or
+            # the caller was cancelled): a result that comes later is late, and counted.
+            for i, to, reply in replies:
+                if not reply.done.is_set():
+                    reply.expire()
+                    self._task_timeouts += 1
+                    failed[i] = self._task_timeout(to, timeout)
+                elif reply.error is not None:
+                    failed[i] = reply.error
+                else:
+                    out[i] = reply.value
+
+    async def run_task(self, msg: Message, to: str, *, deadline: float, timeout: float) -> Any:
+        """``run_tasks`` for one task: its handler's return value, or its exception."""
+        left = deadline - time.monotonic()
+        if left <= 0.0:
+            raise self._task_timeout(to, timeout)
+        try:
+            reply = await self.deliver(msg, to, sender=None, timeout=left, want_reply=True)
+        except DeliveryError as e:
+            self._dead_letter_task(msg, to, e)
+            raise
+        assert reply is not None
+        left = deadline - time.monotonic()
+        if left <= 0.0 and not reply.done.is_set():
+            reply.expire()
+            self._task_timeouts += 1
+            raise self._task_timeout(to, timeout)
+        return await self.wait_reply(reply, recipient=to, timeout=max(left, 1e-6), total=timeout)
+
+    def _dead_letter_task(self, msg: Message, to: str, e: DeliveryError) -> None:
+        self._bus.record_dead_letter(
+            msg, sender=None, recipient=to, reason=e.reason or str(e), attempts=1
+        )
+
+    def _task_timeout(self, to: str, timeout: float) -> RequestTimeout:
+        rec = self._agents.get(to)
+        return RequestTimeout(
+            f"task for {(rec.name if rec else to)!r} not done within {timeout}s; the agent may "
+            "be busy, suspended or slow; raise the timeout or check rt.status()",
+            recipient=to,
+            timeout=timeout,
+        )
+
     def resume(self, ref: str, reason: str = "policy cleared") -> None:
         """Suspended -> Running for an agent suspended by a limit or a policy; its queued
         mail is then handled again."""
@@ -1014,7 +1121,9 @@ class AgentHost:
             tasks_completed=self._completed,
             # Requests are the bus's: it times them out and drops (counts) late replies.
             late_replies=int(self._bus.stats.late_replies) + self._late_replies,
-            request_timeouts=int(self._bus.stats.request_timeouts) + self._deadlines.expired,
+            request_timeouts=int(self._bus.stats.request_timeouts)
+            + self._deadlines.expired
+            + self._task_timeouts,
         )
 
     # Set by the runtime: what a handler's Context uses to send and request.

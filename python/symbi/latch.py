@@ -8,7 +8,7 @@ event only when a ``wait`` would block.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import anyio
 
@@ -31,11 +31,12 @@ class Latch:
     def is_set(self) -> bool:
         return self._set
 
-    async def wait(self) -> None:
+    async def wait(self, event: Callable[[], anyio.Event] = anyio.Event) -> None:
         """Return once set. Unlike ``anyio.Event.wait`` this is not a checkpoint when the
-        latch is already set."""
+        latch is already set. ``event`` makes the event to wait on: a caller that knows
+        the backend's own Event class passes it, which skips anyio's backend lookup."""
         if self._set:
             return
         if self._event is None:
-            self._event = anyio.Event()
+            self._event = event()
         await self._event.wait()

@@ -28,7 +28,8 @@ from anyio.abc import TaskGroup
 from . import _core
 from .audit import AuditLog
 from .bus import Bus, DeadLetter, SecureMessage, Subscription
-from .bus.transport import InProcTransport, Transport
+from .bus.bus import batch_outcome, check_batch
+from .bus.transport import InProcTransport, Transport, check_timeout
 from .components import Component, ComponentHealth, HealthStatus, Housekeeper
 from .config import Config
 from .context import ContextManager
@@ -317,6 +318,66 @@ class Runtime:
             labels=labels,
             return_exceptions=return_exceptions,
         )
+
+    async def run_task(
+        self,
+        to: str,
+        msg: Message,
+        *,
+        timeout: float = 5.0,
+        labels: Sequence[str] = (),
+    ) -> Any:
+        """Assign ``msg`` to agent ``to`` (id or name, in this runtime) as a task and return
+        its handler's result. See ``run_tasks``."""
+        self._require_running()
+        timeout = check_timeout(timeout)
+        deadline = time.monotonic() + timeout
+        Bus._check_msg(msg)
+        to = self._host.resolve(Bus._check_agent_id(to, "to"))
+        await self.bus.admit(None, msg, to, labels, deadline)
+        return await self._host.run_task(msg, to, deadline=deadline, timeout=timeout)
+
+    async def run_tasks(
+        self,
+        to: Union[str, Sequence[str]],
+        msgs: Sequence[Message],
+        *,
+        timeout: float = 5.0,
+        labels: Sequence[str] = (),
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Hand work from the application to its own agents: ``msgs`` to agent ``to``, or
+        ``msgs[i]`` to ``to[i]``, each a task the scheduler places and the agent runs under
+        its lifecycle and limits; returns the handlers' results in order. The policy
+        decides as for ``request`` (one decision per recipient and type, principal the
+        runtime) and the runtime's rate limit applies, but nothing is sealed: the task goes
+        from this process into this process, so there is no key boundary to protect.
+        Messages between agents, and to agents of other runtimes, go through
+        ``request``/``send``, always signed and encrypted.
+
+        Raises (or, with ``return_exceptions``, puts in place) PolicyDenied, RateLimited,
+        DeliveryError (the agent is unknown, terminated, has no handler for the type, or
+        kept a full mailbox; the message is dead-lettered), RequestTimeout when
+        ``timeout`` (for the whole batch) runs out, or the handler's own exception."""
+        self._require_running()
+        deadline = time.monotonic() + check_timeout(timeout)
+        if isinstance(to, Sequence) and not isinstance(to, str):
+            # Names become ids; anything that is not a str is left for check_batch.
+            to = [self._host.resolve(r) if isinstance(r, str) else r for r in to]
+        items, targets = check_batch(msgs, to)
+        if isinstance(to, str):
+            targets = [self._host.resolve(to)] * len(items)
+        out: list[Any] = [None] * len(items)
+        failed: list[Optional[BaseException]] = [None] * len(items)
+        admitted = await self.bus.admit_many(None, items, targets, labels, deadline, failed)
+        await self._host.run_tasks(
+            ((i, items[i], targets[i]) for i, _ctype in admitted),
+            deadline=deadline,
+            timeout=timeout,
+            out=out,
+            failed=failed,
+        )
+        return batch_outcome(out, failed, return_exceptions)
 
     async def publish(
         self,

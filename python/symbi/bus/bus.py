@@ -165,6 +165,49 @@ def _token(agent: str) -> str:
     return quote(agent, safe="").replace(".", "%2E")
 
 
+def check_batch(msgs: object, to: Union[str, Sequence[str]]) -> tuple[list[Message], list[str]]:
+    """Validate a batch call's arguments: ``msgs`` a sequence of Messages, ``to`` one agent
+    id or one per message. Returns them as lists, ``to`` repeated for every message."""
+    if isinstance(msgs, (str, bytes, Message)) or not isinstance(msgs, Sequence):
+        raise InvalidArgument(
+            "msgs is a sequence of symbi.Message",
+            argument="msgs",
+            expected="Sequence[symbi.Message]",
+            got=type(msgs).__name__,
+        )
+    items = [Bus._check_msg(m) for m in msgs]
+    n = len(items)
+    if isinstance(to, str):
+        targets = [to] * n
+    elif isinstance(to, Sequence) and len(to) == n:
+        targets = list(to)
+    else:
+        raise InvalidArgument(
+            "to is one agent id, or a sequence of agent ids as long as msgs",
+            argument="to",
+            expected=f"str | Sequence[str] of length {n}",
+            got=to if not isinstance(to, Sequence) else f"{len(to)} ids",
+        )
+    seen: set[str] = set()
+    for t in targets:
+        if not isinstance(t, str) or t not in seen:
+            seen.add(Bus._check_agent_id(t, "to"))
+    return items, targets
+
+
+def batch_outcome(
+    out: list[Any], failed: list[Optional[BaseException]], return_exceptions: bool
+) -> list[Any]:
+    """A batch call's result: with ``return_exceptions`` each failure takes its place in
+    the list (as ``asyncio.gather``); without, the first failure in order is raised."""
+    if return_exceptions:
+        return [err if err is not None else v for v, err in zip(out, failed)]
+    first = next((err for err in failed if err is not None), None)
+    if first is not None:
+        raise first
+    return out
+
+
 class Bus:
     """The secure message bus; a runtime component named ``"bus"``.
 
@@ -432,7 +475,8 @@ class Bus:
         queue, audited like the bus's own."""
         self._dead_letter(message_id, sender or self._runtime_id, recipient, msg, reason, attempts)
 
-    def _check_agent_id(self, agent_id: object, argument: str = "agent_id") -> str:
+    @staticmethod
+    def _check_agent_id(agent_id: object, argument: str = "agent_id") -> str:
         if not isinstance(agent_id, str) or not agent_id or len(agent_id.encode()) > 255:
             raise InvalidArgument(
                 f"{argument} must be a str of 1 to 255 bytes, got {agent_id!r:.80}",
@@ -948,30 +992,8 @@ class Bus:
         start = time.monotonic()
         timeout = check_timeout(timeout)
         deadline = start + timeout
-        if isinstance(msgs, (str, bytes, Message)) or not isinstance(msgs, Sequence):
-            raise InvalidArgument(
-                "msgs is a sequence of symbi.Message",
-                argument="msgs",
-                expected="Sequence[symbi.Message]",
-                got=type(msgs).__name__,
-            )
-        items = [self._check_msg(m) for m in msgs]
+        items, targets = check_batch(msgs, to)
         n = len(items)
-        if isinstance(to, str):
-            targets = [to] * n
-        elif isinstance(to, Sequence) and len(to) == n:
-            targets = list(to)
-        else:
-            raise InvalidArgument(
-                "to is one agent id, or a sequence of agent ids as long as msgs",
-                argument="to",
-                expected=f"str | Sequence[str] of length {n}",
-                got=to if not isinstance(to, Sequence) else f"{len(to)} ids",
-            )
-        seen: set[str] = set()
-        for t in targets:
-            if not isinstance(t, str) or t not in seen:
-                seen.add(self._check_agent_id(t, "to"))
         label_list = self._check_labels(labels)
         sid = self._sender_id(sender)
         self._require_running()
@@ -1008,28 +1030,43 @@ class Bus:
         finally:
             for _i, corr, _p in pendings:
                 self._pending.pop(corr, None)
-        if return_exceptions:
-            return [err if err is not None else v for v, err in zip(out, failed)]
-        first = next((err for err in failed if err is not None), None)
-        if first is not None:
-            raise first
-        return out
+        return batch_outcome(out, failed, return_exceptions)
 
-    async def _frame_requests(
+    async def admit(
         self,
-        sid: str,
-        items: list[Message],
-        targets: list[str],
-        label_list: list[str],
+        sender: Optional[str],
+        msg: Message,
+        to: str,
+        labels: Sequence[str],
+        deadline: float,
+    ) -> None:
+        """``admit_many`` for one message: returns once ``sender`` may send ``msg`` to
+        ``to``, or raises PolicyDenied or RateLimited."""
+        sid = self._sender_id(sender)
+        label_list = [] if labels == () else self._check_labels(labels)
+        rate = self._authorize(sid, "send", to, codec.type_name_of(msg), label_list)
+        await self._rate_limit(sid, rate, deadline)
+
+    async def admit_many(
+        self,
+        sender: Optional[str],
+        msgs: Sequence[Message],
+        targets: Sequence[str],
+        labels: Sequence[str],
         deadline: float,
         failed: list[Optional[BaseException]],
-    ) -> list[tuple[int, str, str, bytes]]:
-        """(index, corr, content type, frame) of every request that passes the policy
-        (one decision per recipient and type), the rate limit and the size check; the
-        others' errors go to ``failed``."""
+    ) -> list[tuple[int, str]]:
+        """(index, content type) of every ``msgs[i]`` that ``sender`` (None: the runtime)
+        may send to ``targets[i]`` now: one policy decision per (recipient, type), then
+        the sender's rate limit, waiting up to ``deadline`` (``time.monotonic``) when the
+        limit is set to wait. The others' PolicyDenied or RateLimited go to ``failed``.
+        The admission control of ``request_many``; the runtime's task path admits the
+        work it hands to local agents with it too."""
+        sid = self._sender_id(sender)
+        label_list = self._check_labels(labels)
         decided: dict[tuple[str, str], Union[Optional[float], BaseException]] = {}
-        ready: list[tuple[int, str, str, bytes]] = []  # (index, corr, ctype, frame)
-        for i, (msg, t) in enumerate(zip(items, targets)):
+        admitted: list[tuple[int, str]] = []
+        for i, (msg, t) in enumerate(zip(msgs, targets)):
             ctype = codec.type_name_of(msg)
             key = (t, ctype)
             try:
@@ -1047,10 +1084,32 @@ class Bus:
                 rate = decided[key]
                 assert not isinstance(rate, BaseException)
                 await self._rate_limit(sid, rate, deadline)
-                corr = f"{next(self._corr):x}"
+            except SymbiError as e:
+                failed[i] = e
+                continue
+            admitted.append((i, ctype))
+        return admitted
+
+    async def _frame_requests(
+        self,
+        sid: str,
+        items: list[Message],
+        targets: list[str],
+        label_list: list[str],
+        deadline: float,
+        failed: list[Optional[BaseException]],
+    ) -> list[tuple[int, str, str, bytes]]:
+        """(index, corr, content type, frame) of every request that passes admission
+        (policy and rate limit) and the size check; the others' errors go to ``failed``."""
+        sender = None if sid == self._runtime_id else sid
+        admitted = await self.admit_many(sender, items, targets, label_list, deadline, failed)
+        ready: list[tuple[int, str, str, bytes]] = []  # (index, corr, ctype, frame)
+        for i, ctype in admitted:
+            corr = f"{next(self._corr):x}"
+            try:
                 frame = codec.encode_frame(
                     codec.KIND_REQUEST,
-                    msg,
+                    items[i],
                     corr=corr,
                     reply_to=f"symbi.reply.{self._bus_token}.{corr}",
                     timeout=max(deadline - time.monotonic(), 0.001),
