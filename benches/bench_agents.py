@@ -104,10 +104,12 @@ def measure_queue_idle() -> dict[str, float]:
     return out
 
 
-def measure_symbi_tasks(batched: bool) -> float:
-    """Seconds for N_TASKS handler calls on N_WORKERS agents, every one a sealed request
-    answered by a sealed reply: one ``rt.request_many`` batch, or N_TASKS concurrent
-    ``rt.request`` calls."""
+def measure_symbi_tasks(kind: str) -> float:
+    """Seconds for N_TASKS handler calls on N_WORKERS agents, each placed by the
+    scheduler and run in a Running period of its agent: handed over as tasks
+    (``rt.run_tasks`` in one batch, or N_TASKS concurrent ``rt.run_task``), or as sealed
+    requests answered by sealed replies (one ``rt.request_many``, or N_TASKS concurrent
+    ``rt.request``)."""
     result = {}
 
     async def main() -> None:
@@ -116,7 +118,13 @@ def measure_symbi_tasks(batched: bool) -> float:
             msgs = [Tick(n=i) for i in range(N_TASKS)]
             to = [ids[i % N_WORKERS] for i in range(N_TASKS)]
             t0 = time.perf_counter()
-            if batched:
+            if kind == "tasks":
+                got = await rt.run_tasks(to, msgs, timeout=120)
+            elif kind == "task_gather":
+                got = await asyncio.gather(
+                    *(rt.run_task(t, m, timeout=120) for t, m in zip(to, msgs))
+                )
+            elif kind == "batch":
                 got = await rt.request_many(to, msgs, timeout=120)
             else:
                 got = await asyncio.gather(
@@ -239,6 +247,8 @@ def test_idle_cpu_symbi(benchmark, tag):
 
 
 SHORT_TASKS = {
+    "tasks": f"throughput of {N_TASKS} short tasks (one rt.run_tasks)",
+    "task_gather": f"throughput of {N_TASKS} short tasks ({N_TASKS} concurrent rt.run_task)",
     "batch": f"throughput of {N_TASKS} short tasks (one rt.request_many, sealed)",
     "gather": f"throughput of {N_TASKS} short tasks ({N_TASKS} concurrent rt.request, sealed)",
 }
@@ -254,9 +264,7 @@ def test_short_tasks_symbi(benchmark, tag, kind):
         seed_target="-",
         goal="<= 1.5x the time of bare asyncio.gather",
     )
-    benchmark.pedantic(
-        measure_symbi_tasks, args=(kind == "batch",), rounds=size(3, 1), iterations=1
-    )
+    benchmark.pedantic(measure_symbi_tasks, args=(kind,), rounds=size(3, 1), iterations=1)
 
 
 @pytest.mark.parametrize("kind", list(SHORT_TASKS))
