@@ -17,6 +17,8 @@ import math
 from collections.abc import Awaitable
 from typing import Callable, Optional, Protocol, runtime_checkable
 
+import msgspec
+
 from ..errors import DeliveryError, InvalidArgument
 from .topics import topic_matches
 
@@ -45,20 +47,16 @@ def check_timeout(timeout: object, argument: str = "timeout") -> float:
     return float(timeout)
 
 
-class Incoming:
-    """A message a subscription received. ``respond`` answers a ``request`` (once)."""
+class Incoming(msgspec.Struct, gc=False):
+    """A message a subscription received. ``respond`` answers a ``request`` (once).
 
-    __slots__ = ("_responder", "data", "subject")
+    One is made per message on every transport, so it is a Struct built in C (a third of
+    the cost of a slotted class) and untracked by the cycle collector: it refers to its
+    subject, its bytes and a responder, never back to itself."""
 
-    def __init__(
-        self,
-        subject: str,
-        data: bytes,
-        responder: Optional[Callable[[bytes], Awaitable[None]]] = None,
-    ) -> None:
-        self.subject = subject
-        self.data = data
-        self._responder = responder
+    subject: str
+    data: bytes
+    _responder: Optional[Callable[[bytes], Awaitable[None]]] = None
 
     @property
     def wants_response(self) -> bool:
