@@ -346,3 +346,21 @@ async def test_request_many_larger_than_the_mailbox(full_mailbox: str) -> None:
             assert 16 <= len(answered) < 300
             assert all(e.reason == "mailbox full" for e in refused)
             assert len(rt.dead_letters) == len(refused)
+
+
+async def test_request_many_across_chunks_keeps_order_and_refusals_in_place() -> None:
+    """A batch larger than one sealing chunk (4096) still answers in order, and a
+    message the agent has no handler for is refused in place and dead-lettered."""
+    async with symbi.Runtime() as rt:
+        await rt.spawn(Echo, name="a")
+        await rt.spawn(Picky, name="b")
+        n = 5000
+        msgs: list[symbi.Message] = [Ask(text=f"m{i}") for i in range(n)]
+        msgs[4500] = Boom(text="nobody handles this on a")
+        to = ["a" if i % 2 else "b" for i in range(n)]
+        to[4500] = "a"
+        out = await rt.request_many(to, msgs, timeout=30, return_exceptions=True)
+        assert isinstance(out[4500], DeliveryError) and out[4500].reason == "no handler"
+        assert [d.recipient for d in rt.dead_letters] == [rt._host.resolve("a")]
+        assert out[:4500] + out[4501:] == [Ask(text=f"M{i}") for i in range(n) if i != 4500]
+        assert rt.bus.stats.requests == n and rt.status().tasks_completed == n - 1

@@ -89,6 +89,10 @@ class _Batch:
         self.flushed = False
 
 
+#: Requests of a request_many batch sealed and awaited together (see request_many).
+_REQUEST_CHUNK = 4096
+
+
 class _Flight:
     """A direct message being delivered; a duplicate arriving meanwhile waits for it."""
 
@@ -335,6 +339,8 @@ class Bus:
         self._max_batch = max_batch
         self._ring = BusKeyRing(replay_window_s)
         self._bus_token = uuid.uuid4().hex[:12]
+        # Replies to this bus's requests go to subjects under this prefix.
+        self._reply_prefix = f"symbi.reply.{self._bus_token}."
         self._runtime_id = runtime_id or f"symbi.runtime.{self._bus_token}"
         self._agents: set[str] = set()
         self._peers: set[str] = set()
@@ -566,7 +572,7 @@ class Bus:
         self._event = type(anyio.Event())
         task_group.start_soon(self._deadlines.run, name="symbi.bus.deadlines")
         self._reply_sub = await self._transport.subscribe(
-            f"symbi.reply.{self._bus_token}.*", self._on_reply, timeout=self._connect_timeout
+            self._reply_prefix + "*", self._on_reply, timeout=self._connect_timeout
         )
         await self._subscribe_pending()
 
@@ -999,6 +1005,36 @@ class Bus:
         self._require_running()
         if self._need_subs or self._inactive:
             await self._subscribe_pending()
+        out: list[Any] = []
+        failed: list[Optional[BaseException]] = []
+        # In chunks: a chunk's replies are in before the next is sealed, so only a chunk's
+        # worth of frames, envelopes and pending requests is alive at once; with all of a
+        # 100k batch alive the cycle collector's passes cost a quarter of the time.
+        for k in range(0, n, _REQUEST_CHUNK):
+            o, f = await self._request_chunk(
+                sid,
+                items[k : k + _REQUEST_CHUNK],
+                targets[k : k + _REQUEST_CHUNK],
+                label_list,
+                deadline,
+                timeout,
+            )
+            out.extend(o)
+            failed.extend(f)
+        return batch_outcome(out, failed, return_exceptions)
+
+    async def _request_chunk(
+        self,
+        sid: str,
+        items: list[Message],
+        targets: list[str],
+        label_list: list[str],
+        deadline: float,
+        timeout: float,
+    ) -> tuple[list[Any], list[Optional[BaseException]]]:
+        """Send ``items[i]`` to ``targets[i]`` and wait for the replies until ``deadline``:
+        (values, errors), one of the two set per item."""
+        n = len(items)
         out: list[Any] = [None] * n
         failed: list[Optional[BaseException]] = [None] * n
         ready = await self._frame_requests(sid, items, targets, label_list, deadline, failed)
@@ -1030,7 +1066,7 @@ class Bus:
         finally:
             for _i, corr, _p in pendings:
                 self._pending.pop(corr, None)
-        return batch_outcome(out, failed, return_exceptions)
+        return out, failed
 
     async def admit(
         self,
@@ -1111,7 +1147,7 @@ class Bus:
                     codec.KIND_REQUEST,
                     items[i],
                     corr=corr,
-                    reply_to=f"symbi.reply.{self._bus_token}.{corr}",
+                    reply_to=self._reply_prefix + corr,
                     timeout=max(deadline - time.monotonic(), 0.001),
                 )
                 self._check_size(frame)
@@ -1235,7 +1271,7 @@ class Bus:
         pending: Optional[_Pending] = None
         if want_reply:
             corr = f"{next(self._corr):x}"
-            reply_to = f"symbi.reply.{self._bus_token}.{corr}"
+            reply_to = self._reply_prefix + corr
         payload = codec.encode_frame(
             codec.KIND_REQUEST if want_reply else codec.KIND_MESSAGE,
             msg,
@@ -1472,9 +1508,65 @@ class Bus:
             if isinstance(opened, BaseException):
                 e = self._open_failed(opened, agent, data)
                 acks.append(codec.encode_ack_error(e, str(getattr(e, "message_id", "") or "")))
-            else:
-                acks.append(await self._apply_direct(agent, opened))
+                continue
+            ack = self._apply_now(agent, opened)
+            acks.append(ack if ack is not None else await self._apply_direct(agent, opened))
         return acks
+
+    def _apply_now(self, agent: str, opened: tuple[Any, ...]) -> Optional[bytes]:
+        """``_apply_direct`` for the common case, without an await: a first copy of a
+        well-formed message for an agent with room in its mailbox. Returns None for
+        anything else (a duplicate, a bad frame, a full mailbox), which ``_apply_direct``
+        then handles (and reports) in full. Nothing else can run between the check and
+        the delivery, so no in-flight marker is needed for duplicates to wait on."""
+        mid, sender, _rcpt, is_topic, _ts, ctype, payload, dup = opened
+        try_deliver = getattr(self._delivery, "try_deliver", None)
+        if dup or is_topic or try_deliver is None:
+            return None
+        try:
+            frame = codec.decode_frame(payload)
+            if frame.kind not in (codec.KIND_MESSAGE, codec.KIND_REQUEST):
+                return None
+            msg = codec.decode_body(ctype, frame.body)
+        except SymbiError:
+            return None
+        want = frame.kind == codec.KIND_REQUEST
+        on_reply = getattr(self._delivery, "on_reply", None)
+        if want and on_reply is None:
+            return None
+        try:
+            queued, handle = try_deliver(
+                msg,
+                agent,
+                sender=None if sender == self._runtime_id else sender,
+                want_reply=want,
+                size=len(frame.body),
+            )
+            if not queued:
+                return None
+            ack = ACK_OK
+            self.stats.delivered += 1
+            if want:
+                assert on_reply is not None
+                on_reply(
+                    handle,
+                    functools.partial(self._reply_ready, agent, sender, frame.corr, frame.reply_to),
+                )
+        except SymbiError as e:
+            ack = self._error_ack(e, mid)
+        self._acks[mid] = ack
+        if len(self._acks) > _ACK_CACHE:
+            self._acks.popitem(last=False)
+        return ack
+
+    def _error_ack(self, e: SymbiError, mid: str) -> bytes:
+        """The ack refusing message ``mid``; the error is kept for a local sender."""
+        if isinstance(e, DeliveryError) and e.message_id is None:
+            e.message_id = mid
+        self._ack_errors[mid] = e
+        if len(self._ack_errors) > _MAX_ERRORS_KEPT:
+            self._ack_errors.popitem(last=False)
+        return codec.encode_ack_error(e, mid)
 
     async def _apply_direct(self, agent: str, opened: tuple[Any, ...]) -> bytes:
         """Deliver an opened direct envelope once (a duplicate gets the first copy's ack)."""
@@ -1545,12 +1637,7 @@ class Bus:
                     )
         except SymbiError as e:
             settled = True
-            if isinstance(e, DeliveryError) and e.message_id is None:
-                e.message_id = mid
-            ack = codec.encode_ack_error(e, mid)
-            self._ack_errors[mid] = e
-            if len(self._ack_errors) > _MAX_ERRORS_KEPT:
-                self._ack_errors.popitem(last=False)
+            ack = self._error_ack(e, mid)
         finally:
             if self._acks.get(mid) is flight:
                 self._acks[mid] = ack if settled else _NOT_APPLIED
@@ -1716,7 +1803,7 @@ class Bus:
             remote.append((j, env))
 
     def _is_local(self, reply_to: str) -> bool:
-        return reply_to.startswith(f"symbi.reply.{self._bus_token}.")
+        return reply_to.startswith(self._reply_prefix)
 
     def _accept_replies(self, requester: str, replies: list[tuple[str, bytes]]) -> None:
         """Sealed replies (corr, envelope) for requests ``requester`` made on this bus:
