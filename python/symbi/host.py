@@ -888,7 +888,11 @@ class AgentHost:
                 with anyio.fail_after(limit):
                     value = await Metered(handler(env.msg, ctx), rec.account)
             else:
-                value = await Metered(handler(env.msg, ctx), rec.account)
+                # Most handlers finish without suspending: run the first step here and
+                # build the awaitable only for those that do not.
+                done, value = Metered.first_step(handler(env.msg, ctx), rec.account)
+                if not done:
+                    value = await value
         except TimeoutError:
             timed_out = True
             rec.account.usage.timeouts += 1

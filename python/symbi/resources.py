@@ -174,6 +174,24 @@ class ResourceAccount:
             self.usage.throttled_s += await self._net.take(nbytes, timeout=timeout)
 
 
+def _step(
+    coro: Coroutine[Any, Any, Any],
+    account: ResourceAccount,
+    send_value: Any,
+    throw: Optional[BaseException],
+) -> tuple[bool, Any, float]:
+    """One step of ``coro``, its CPU time charged: (finished, result or yielded value,
+    pause the agent owes). The coroutine's own exception propagates, uncharged."""
+    clock = time.thread_time
+    t0 = clock()
+    try:
+        yielded = coro.throw(throw) if throw is not None else coro.send(send_value)
+    except StopIteration as stop:
+        account.charge_cpu(clock() - t0)
+        return True, stop.value, 0.0
+    return False, yielded, account.charge_cpu(clock() - t0)
+
+
 class Metered(Generic[T]):
     """Awaitable wrapper that measures the CPU time of each step of a coroutine and
     charges it to an account, pausing the coroutine while the agent is over its CPU share.
@@ -182,35 +200,54 @@ class Metered(Generic[T]):
     charged for each other's work.
     """
 
-    def __init__(self, coro: Coroutine[Any, Any, T], account: ResourceAccount) -> None:
+    __slots__ = ("_account", "_coro", "_first")
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, T],
+        account: ResourceAccount,
+        first: Optional[tuple[Any, float]] = None,
+    ) -> None:
         self._coro = coro
         self._account = account
+        self._first = first  # (yielded, pause) of a first step already taken
+
+    @staticmethod
+    def first_step(coro: Coroutine[Any, Any, T], account: ResourceAccount) -> tuple[bool, Any]:
+        """Take the coroutine's first step now, metered: ``(True, result)`` when it
+        finished (most handlers never suspend: no awaitable is needed), else ``(False,
+        metered)``, a Metered to await for the rest. Raises the coroutine's exception."""
+        done, got, pause = _step(coro, account, None, None)
+        if done:
+            return True, got
+        return False, Metered(coro, account, (got, pause))
 
     def __await__(self) -> Generator[Any, Any, T]:
         coro, account = self._coro, self._account
-        send_value: Any = None
-        throw: Optional[BaseException] = None
-        clock = time.thread_time
-        while True:
-            t0 = clock()
-            try:
-                yielded = coro.throw(throw) if throw is not None else coro.send(send_value)
-            except StopIteration as stop:
-                account.charge_cpu(clock() - t0)
-                result: T = stop.value
+        if self._first is None:
+            done, yielded, pause = _step(coro, account, None, None)
+            if done:
+                result: T = yielded
                 return result
-            pause = account.charge_cpu(clock() - t0)
+        else:
+            yielded, pause = self._first
+        while True:
+            send_value: Any = None
+            throw: Optional[BaseException] = None
             try:
                 send_value = yield yielded
-                throw = None
             except BaseException as e:  # cancellation and errors go into the coroutine
-                send_value, throw = None, e
-                continue
-            if pause > 0:
-                account.usage.throttled_s += pause
-                # Sleep on the event loop as part of this task, so the pause is
-                # cancellable like any other await.
-                try:
-                    yield from anyio.sleep(pause).__await__()
-                except BaseException as e:
-                    send_value, throw = None, e
+                throw = e
+            else:
+                if pause > 0:
+                    account.usage.throttled_s += pause
+                    # Sleep on the event loop as part of this task, so the pause is
+                    # cancellable like any other await.
+                    try:
+                        yield from anyio.sleep(pause).__await__()
+                    except BaseException as e:
+                        send_value, throw = None, e
+            done, yielded, pause = _step(coro, account, send_value, throw)
+            if done:
+                result = yielded
+                return result
