@@ -132,21 +132,27 @@ class SystemStatus(msgspec.Struct, frozen=True, kw_only=True):
     request_timeouts: int = 0
 
 
-class _Reply:
-    """The outcome of one request: a waiter (``wait_reply``) or a callback (the bus's
-    ``on_reply``, no task per request) learns it when ``finish`` is called."""
+class _Reply(Latch):
+    """The outcome of one request, itself the latch that says it is known: a waiter
+    (``wait_reply``) or a callback (the bus's ``on_reply``, no task per request) learns
+    it when ``finish`` is called."""
 
-    __slots__ = ("callback", "done", "error", "timed_out", "value")
+    __slots__ = ("callback", "error", "timed_out", "value")
 
     def __init__(self) -> None:
-        self.done = Latch()
+        super().__init__()
         self.value: Any = None
         self.error: Optional[BaseException] = None
         self.timed_out = False
         self.callback: Optional[Callable[[Any, Optional[BaseException]], None]] = None
 
+    @property
+    def done(self) -> Latch:
+        """Itself (``symbi.deadlines.Expirable``)."""
+        return self
+
     def finish(self) -> None:
-        self.done.set()
+        self.set()
         cb, self.callback = self.callback, None
         if cb is not None:
             try:
@@ -156,7 +162,7 @@ class _Reply:
 
     def expire(self) -> None:
         self.timed_out = True
-        self.done.set()
+        self.set()
 
 
 class _Envelope:
@@ -924,7 +930,7 @@ class AgentHost:
         rec.account.release_memory(env.size)
         reply = env.reply
         if reply is not None:
-            if reply.done.is_set():  # the requester timed out: drop the late reply
+            if reply.is_set():  # the requester timed out: drop the late reply
                 self._late_replies += 1
             else:
                 reply.value, reply.error = value, error
@@ -950,7 +956,7 @@ class AgentHost:
         """Call ``callback(value, error)`` once the request behind ``reply`` is handled
         (at once if it already was). The bus sends replies this way, without a task per
         request."""
-        if reply.done.is_set():
+        if reply.is_set():
             callback(reply.value, reply.error)
         else:
             reply.callback = callback
@@ -959,10 +965,10 @@ class AgentHost:
         self, reply: _Reply, *, recipient: str, timeout: float, total: Optional[float] = None
     ) -> Any:
         """The handler's return value (or its exception); RequestTimeout after ``timeout``."""
-        if not reply.done.is_set():
+        if not reply.is_set():
             self._deadlines.add(anyio.current_time() + timeout, reply)
             try:
-                await reply.done.wait(self._event)
+                await reply.wait(self._event)
             finally:
                 if not reply.timed_out:
                     self._deadlines.settled()
@@ -1019,12 +1025,12 @@ class AgentHost:
             # One deadline for the lot: wait in order; most are done by the time we look.
             with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)):
                 for _i, _to, reply in replies:
-                    await reply.done.wait(self._event)
+                    await reply.wait(self._event)
         finally:
             # Whatever is not done now never will be for this caller (deadline passed, or
             # the caller was cancelled): a result that comes later is late, and counted.
             for i, to, reply in replies:
-                if not reply.done.is_set():
+                if not reply.is_set():
                     reply.expire()
                     self._task_timeouts += 1
                     failed[i] = self._task_timeout(to, timeout)
@@ -1045,7 +1051,7 @@ class AgentHost:
             raise
         assert reply is not None
         left = deadline - time.monotonic()
-        if left <= 0.0 and not reply.done.is_set():
+        if left <= 0.0 and not reply.is_set():
             reply.expire()
             self._task_timeouts += 1
             raise self._task_timeout(to, timeout)
