@@ -255,7 +255,7 @@ pub fn prefetch_ptr(p: *const u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
     use std::sync::Arc;
 
     #[test]
@@ -292,23 +292,41 @@ mod tests {
         }
         let g = Arc::new(g);
         let stop = Arc::new(AtomicBool::new(false));
+        // Writers keep writing until the reader has checked enough lists, so the two
+        // overlap even when a loaded machine schedules the reader late.
+        let checked = Arc::new(AtomicU64::new(0));
+        const MIN_CHECKS: u64 = 2_000;
+        // Set when the reader ends, even by a failed assertion, so writers never spin on.
+        let reader_done = Arc::new(AtomicBool::new(false));
+        struct Done(Arc<AtomicBool>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
         let writers: Vec<_> = (0..2)
             .map(|t| {
-                let g = g.clone();
+                let (g, checked, done) = (g.clone(), checked.clone(), reader_done.clone());
                 std::thread::spawn(move || {
-                    for r in 0..20_000u32 {
+                    let mut r = 0u32;
+                    while r < 20_000
+                        || (checked.load(Ordering::Relaxed) < MIN_CHECKS
+                            && !done.load(Ordering::Relaxed))
+                    {
                         let x = (r * 2 + t) % 4;
                         let len = 1 + (x as usize * 5) % 16;
                         g.set(r % 4, (r as usize / 4) % 2, &vec![x; len]);
+                        r = r.wrapping_add(1);
                     }
                 })
             })
             .collect();
         let reader = {
-            let (g, stop) = (g.clone(), stop.clone());
+            let (g, stop, checked) = (g.clone(), stop.clone(), checked.clone());
+            let done = Done(reader_done.clone());
             std::thread::spawn(move || {
+                let _done = done;
                 let mut buf = vec![0u32; g.max_links()];
-                let mut checked = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     for i in 0..4 {
                         for layer in 0..2 {
@@ -318,18 +336,18 @@ mod tests {
                                 let want = (1 + (x as usize * 5) % 16).min(g.cap(layer));
                                 assert_eq!(n, want, "torn length");
                                 assert!(buf[..n].iter().all(|&y| y == x), "torn ids");
-                                checked += 1;
+                                checked.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                     }
                 }
-                checked
             })
         };
         for w in writers {
             w.join().unwrap();
         }
         stop.store(true, Ordering::Relaxed);
-        assert!(reader.join().unwrap() > 0);
+        reader.join().expect("the reader saw a torn list");
+        assert!(checked.load(Ordering::Relaxed) >= MIN_CHECKS);
     }
 }
