@@ -213,10 +213,6 @@ class _Record:
 
 
 _PRIORITY_NAMES = {p.name.lower(): p for p in Priority}
-#: A message's size in the mailbox is its msgpack size; one encoder and one scratch buffer
-#: measure it without allocating per message (the event loop is single-threaded).
-_ENCODER = msgspec.msgpack.Encoder()
-_SIZE_BUF = bytearray()
 #: Messages a dispatch handles between yields to the event loop. Replies finished between
 #: two yields are sealed as one batch (one signature, one verification), so a larger
 #: interval means cheaper replies; handlers that never await still let the loop run
@@ -299,6 +295,10 @@ class AgentHost:
         self._completed = 0
         self._late_replies = 0
         self._task_timeouts = 0
+        # A message's size in the mailbox is its msgpack size: one encoder and one scratch
+        # buffer per host (one event loop, so one thread) measure it without allocating.
+        self._encoder = msgspec.msgpack.Encoder()
+        self._size_buf = bytearray()
         self._stopping = False
         self._deadlines = Deadlines()
         # anyio.Event() looks up the running backend on every call (~2 µs, per request);
@@ -700,8 +700,8 @@ class AgentHost:
     ) -> Optional[_Reply]:
         """Put ``msg`` in the mailbox (there is room), charged to the agent's memory."""
         if size is None:
-            _ENCODER.encode_into(msg, _SIZE_BUF)  # the bytes it would take serialized
-            size = len(_SIZE_BUF)
+            self._encoder.encode_into(msg, self._size_buf)  # its bytes, serialized
+            size = len(self._size_buf)
         rec.account.charge_memory(size, f"{type(msg).__name__} message")
         reply = _Reply() if want_reply else None
         rec.mailbox.append(_Envelope(msg, sender, reply, size))

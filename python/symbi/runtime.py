@@ -28,7 +28,7 @@ from anyio.abc import TaskGroup
 from . import _core
 from .audit import AuditLog
 from .bus import Bus, DeadLetter, SecureMessage, Subscription
-from .bus.bus import batch_outcome, check_batch
+from .bus.bus import batch_outcome, check_agent_id, check_batch, check_message
 from .bus.transport import InProcTransport, Transport, check_timeout
 from .components import Component, ComponentHealth, HealthStatus, Housekeeper
 from .config import Config
@@ -332,8 +332,8 @@ class Runtime:
         self._require_running()
         timeout = check_timeout(timeout)
         deadline = time.monotonic() + timeout
-        Bus._check_msg(msg)
-        to = self._host.resolve(Bus._check_agent_id(to, "to"))
+        check_message(msg)
+        to = self._host.resolve(check_agent_id(to, "to"))
         await self.bus.admit(None, msg, to, labels, deadline)
         return await self._host.run_task(msg, to, deadline=deadline, timeout=timeout)
 

@@ -169,6 +169,30 @@ def _token(agent: str) -> str:
     return quote(agent, safe="").replace(".", "%2E")
 
 
+def check_message(msg: object) -> Message:
+    """``msg`` if it is a symbi.Message, else InvalidArgument."""
+    if not isinstance(msg, Message):
+        raise InvalidArgument(
+            f"messages are symbi.Message subclasses, got {type(msg).__name__}",
+            argument="msg",
+            expected="symbi.Message",
+            got=type(msg).__name__,
+        )
+    return msg
+
+
+def check_agent_id(agent_id: object, argument: str = "agent_id") -> str:
+    """``agent_id`` if it is a str of 1 to 255 bytes (what an envelope can carry)."""
+    if not isinstance(agent_id, str) or not agent_id or len(agent_id.encode()) > 255:
+        raise InvalidArgument(
+            f"{argument} must be a str of 1 to 255 bytes, got {agent_id!r:.80}",
+            argument=argument,
+            expected="str of 1..255 bytes",
+            got=agent_id,
+        )
+    return agent_id
+
+
 def check_batch(msgs: object, to: Union[str, Sequence[str]]) -> tuple[list[Message], list[str]]:
     """Validate a batch call's arguments: ``msgs`` a sequence of Messages, ``to`` one agent
     id or one per message. Returns them as lists, ``to`` repeated for every message."""
@@ -179,7 +203,7 @@ def check_batch(msgs: object, to: Union[str, Sequence[str]]) -> tuple[list[Messa
             expected="Sequence[symbi.Message]",
             got=type(msgs).__name__,
         )
-    items = [Bus._check_msg(m) for m in msgs]
+    items = [check_message(m) for m in msgs]
     n = len(items)
     if isinstance(to, str):
         targets = [to] * n
@@ -195,7 +219,7 @@ def check_batch(msgs: object, to: Union[str, Sequence[str]]) -> tuple[list[Messa
     seen: set[str] = set()
     for t in targets:
         if not isinstance(t, str) or t not in seen:
-            seen.add(Bus._check_agent_id(t, "to"))
+            seen.add(check_agent_id(t, "to"))
     return items, targets
 
 
@@ -481,16 +505,7 @@ class Bus:
         queue, audited like the bus's own."""
         self._dead_letter(message_id, sender or self._runtime_id, recipient, msg, reason, attempts)
 
-    @staticmethod
-    def _check_agent_id(agent_id: object, argument: str = "agent_id") -> str:
-        if not isinstance(agent_id, str) or not agent_id or len(agent_id.encode()) > 255:
-            raise InvalidArgument(
-                f"{argument} must be a str of 1 to 255 bytes, got {agent_id!r:.80}",
-                argument=argument,
-                expected="str of 1..255 bytes",
-                got=agent_id,
-            )
-        return agent_id
+    _check_agent_id = staticmethod(check_agent_id)
 
     def register_agent(self, agent_id: str) -> bytes:
         """Create ``agent_id``'s identity (Ed25519 + X25519) in this bus's key ring and
@@ -723,16 +738,7 @@ class Bus:
             )
         return sender
 
-    @staticmethod
-    def _check_msg(msg: object) -> Message:
-        if not isinstance(msg, Message):
-            raise InvalidArgument(
-                f"messages are symbi.Message subclasses, got {type(msg).__name__}",
-                argument="msg",
-                expected="symbi.Message",
-                got=type(msg).__name__,
-            )
-        return msg
+    _check_msg = staticmethod(check_message)
 
     @staticmethod
     def _check_labels(labels: object) -> list[str]:
