@@ -364,3 +364,30 @@ async def test_request_many_across_chunks_keeps_order_and_refusals_in_place() ->
         assert [d.recipient for d in rt.dead_letters] == [rt._host.resolve("a")]
         assert out[:4500] + out[4501:] == [Ask(text=f"M{i}") for i in range(n) if i != 4500]
         assert rt.bus.stats.requests == n and rt.status().tasks_completed == n - 1
+
+
+async def test_request_many_sends_no_chunk_after_its_deadline() -> None:
+    """Chunks after the batch's deadline are not sent: each of their messages raises
+    RequestTimeout to the sender, and no agent handles them."""
+    handled: list[int] = []
+
+    class Slow(symbi.Agent):
+        @symbi.handler
+        async def on_ask(self, msg: Ask, ctx: symbi.Context) -> Ask:
+            handled.append(int(msg.text))
+            if msg.text == "0":  # holds up the first chunk past the deadline
+                await anyio.sleep(0.5)
+            return msg
+
+    async with symbi.Runtime() as rt:
+        await rt.spawn(Slow, name="slow")
+        n = 4096 + 100  # one full chunk, then the rest
+        out = await rt.request_many(
+            "slow", [Ask(text=str(i)) for i in range(n)], timeout=0.2, return_exceptions=True
+        )
+        assert all(isinstance(x, RequestTimeout) for x in out[4096:])
+        assert rt.bus.stats.request_timeouts == sum(isinstance(x, RequestTimeout) for x in out)
+        with anyio.fail_after(10):  # let what was accepted be handled, late
+            while rt.status().mailbox_depth or len(handled) < 2:
+                await anyio.sleep(0.05)
+        assert handled and max(handled) < 4096

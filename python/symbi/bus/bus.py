@@ -1017,6 +1017,13 @@ class Bus:
         # worth of frames, envelopes and pending requests is alive at once; with all of a
         # 100k batch alive the cycle collector's passes cost a quarter of the time.
         for k in range(0, n, _REQUEST_CHUNK):
+            if k and time.monotonic() >= deadline:
+                # The batch's time is up: the rest is not sent, each raises RequestTimeout.
+                rest = targets[k:]
+                out.extend([None] * len(rest))
+                failed.extend(self._timed_out(t, timeout) for t in rest)
+                self.stats.request_timeouts += len(rest)
+                break
             o, f = await self._request_chunk(
                 sid,
                 items[k : k + _REQUEST_CHUNK],
