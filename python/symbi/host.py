@@ -1002,13 +1002,20 @@ class AgentHost:
         application, in this process, and has already admitted the work (policy, rate)."""
         replies: list[tuple[int, str, _Reply]] = []
         try:
+            waited = False  # the deadline can only pass while this loop waits for room
             for i, msg, to in tasks:
                 try:
+                    if waited and time.monotonic() >= deadline:
+                        # Time is up: the rest is not handed over, each raises a timeout.
+                        self._task_timeouts += 1
+                        raise self._task_timeout(to, timeout)
                     # Room in the mailbox: no wait, so none of deliver()'s machinery.
                     queued, reply = self.try_deliver(msg, to, sender=None, want_reply=True)
                     if not queued:
+                        waited = True
                         left = deadline - time.monotonic()
                         if left <= 0.0:
+                            self._task_timeouts += 1
                             raise self._task_timeout(to, timeout)
                         reply = await self.deliver(
                             msg, to, sender=None, timeout=left, want_reply=True

@@ -223,3 +223,23 @@ async def test_run_tasks_outside_a_running_runtime() -> None:
     rt = symbi.Runtime()
     with pytest.raises(symbi.errors.RuntimeStateError):
         await rt.run_task("w", Job(n=1), timeout=1)
+
+
+async def test_tasks_after_the_deadline_are_not_handed_over() -> None:
+    """A batch that waits for mailbox room past its deadline hands nothing more over:
+    the rest raise RequestTimeout and no agent runs them."""
+    cfg = symbi.Config().replace(runtime=symbi.RuntimeConfig(message_buffer_size=4))
+    async with symbi.Runtime(cfg) as rt:
+        w = await rt.spawn(Worker, name="w")
+        jobs = [Job(n=0, text="slow")] + [Job(n=i) for i in range(1, 40)]
+        out = await rt.run_tasks("w", jobs, timeout=0.2, return_exceptions=True)
+        # Job 0 runs, 1-4 fill the mailbox, 5 waits for room until the deadline (refused,
+        # dead-lettered), and 6-39 are never handed over.
+        assert isinstance(out[5], DeliveryError) and out[5].reason == "mailbox full"
+        assert all(isinstance(x, RequestTimeout) for x in out[:5] + out[6:])
+        assert rt.status().request_timeouts == 39
+        assert [d.message for d in rt.dead_letters] == [Job(n=5)]
+        with anyio.fail_after(5):  # what was handed over still runs, late
+            while rt.status().mailbox_depth or rt.state_of("w") is not symbi.AgentState.READY:
+                await anyio.sleep(0.02)
+        assert sorted(_worker(rt, w.id).done) == [0, 1, 2, 3, 4]
