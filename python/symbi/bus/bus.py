@@ -666,6 +666,13 @@ class Bus:
                 "`async with Bus() as bus:`)"
             )
 
+    async def _ready(self) -> None:
+        """Raise unless running; first subscribe what is still pending (agents
+        registered, or resubscriptions after a reconnect) so replies can arrive."""
+        self._require_running()
+        if self._need_subs or self._inactive:
+            await self._subscribe_pending()
+
     async def _subscribe_pending(self) -> None:
         if self._state != "running":
             return
@@ -1008,9 +1015,7 @@ class Bus:
         n = len(items)
         label_list = self._check_labels(labels)
         sid = self._sender_id(sender)
-        self._require_running()
-        if self._need_subs or self._inactive:
-            await self._subscribe_pending()
+        await self._ready()
         out: list[Any] = []
         failed: list[Optional[BaseException]] = []
         # In chunks: a chunk's replies are in before the next is sealed, so only a chunk's
@@ -1091,9 +1096,23 @@ class Bus:
     ) -> None:
         """``admit_many`` for one message: returns once ``sender`` may send ``msg`` to
         ``to``, or raises PolicyDenied or RateLimited."""
-        sid = self._sender_id(sender)
         label_list = [] if labels == () else self._check_labels(labels)
-        rate = self._authorize(sid, "send", to, codec.type_name_of(msg), label_list)
+        await self._admit(
+            self._sender_id(sender), "send", to, codec.type_name_of(msg), label_list, deadline
+        )
+
+    async def _admit(
+        self,
+        sid: str,
+        action: str,
+        resource: str,
+        ctype: str,
+        label_list: list[str],
+        deadline: float,
+    ) -> None:
+        """The policy decision, then the sender's rate limit (the policy's, if it sets
+        one); raises PolicyDenied or RateLimited."""
+        rate = self._authorize(sid, action, resource, ctype, label_list)
         await self._rate_limit(sid, rate, deadline)
 
     async def admit_many(
@@ -1273,12 +1292,9 @@ class Bus:
         self._check_agent_id(to, "to")
         label_list = self._check_labels(labels)
         sid = self._sender_id(sender)
-        self._require_running()
-        if self._need_subs or self._inactive:
-            await self._subscribe_pending()
+        await self._ready()
         ctype = codec.type_name_of(msg)
-        policy_rate = self._authorize(sid, "send", to, ctype, label_list)
-        await self._rate_limit(sid, policy_rate, deadline)
+        await self._admit(sid, "send", to, ctype, label_list, deadline)
         corr = ""
         reply_to = ""
         pending: Optional[_Pending] = None
@@ -1903,12 +1919,9 @@ class Bus:
         deadline = start + timeout
         label_list = self._check_labels(labels)
         sid = self._sender_id(sender)
-        self._require_running()
-        if self._need_subs or self._inactive:
-            await self._subscribe_pending()
+        await self._ready()
         ctype = codec.type_name_of(msg)
-        policy_rate = self._authorize(sid, "publish", topic, ctype, label_list)
-        await self._rate_limit(sid, policy_rate, deadline)
+        await self._admit(sid, "publish", topic, ctype, label_list, deadline)
         payload = codec.encode_frame(codec.KIND_MESSAGE, msg)
         self._check_size(payload)
         env = await self._seal(sid, topic, ctype, payload, True, deadline)
