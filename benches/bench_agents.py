@@ -58,6 +58,9 @@ def measure_symbi_idle() -> dict[str, float]:
             t0 = time.perf_counter()
             for i in range(N_IDLE):
                 await rt.spawn(handle, name=f"idle-{i}")
+            # Counted once every agent listens on the bus (its subscriptions are made in
+            # the background after spawn returns), so their time and memory are included.
+            await rt.bus.flush(timeout=120)
             spawn_s = time.perf_counter() - t0
             gc.collect()
             out["bytes_per_agent"] = (rss_bytes() - before) / N_IDLE

@@ -1146,11 +1146,12 @@ class AgentHost:
             for pid in rec.handle.policy_ids:
                 with suppress(SymbiError):  # already removed by the application
                     self._policy.remove(pid)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            try:
-                await rec.agent.on_stop()
-            except Exception:
-                log.exception("agent %s on_stop failed", rec.name)
+        if type(rec.agent).on_stop is not Agent.on_stop:  # no scopes for the default no-op
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                try:
+                    await rec.agent.on_stop()
+                except Exception:
+                    log.exception("agent %s on_stop failed", rec.name)
         self.lifecycle.forget(rec.id)
 
     def status(self) -> SystemStatus:

@@ -391,3 +391,52 @@ async def test_request_many_sends_no_chunk_after_its_deadline() -> None:
             while rt.status().mailbox_depth or len(handled) < 2:
                 await anyio.sleep(0.05)
         assert handled and max(handled) < 4096
+
+
+class _Counted:
+    """A transport subscription that tells its transport when it ends."""
+
+    def __init__(self, inner: Any, live: set[str]) -> None:
+        self._inner, self._live = inner, live
+
+    @property
+    def subject(self) -> str:
+        return str(self._inner.subject)
+
+    async def unsubscribe(self) -> None:
+        self._live.discard(self.subject)
+        await self._inner.unsubscribe()
+
+
+class Listening(InProcTransport):
+    """The in-process transport, keeping the set of subjects subscribed now."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: set[str] = set()
+
+    async def subscribe(self, subject: str, handler: Any, *, timeout: float) -> Any:
+        sub = await super().subscribe(subject, handler, timeout=timeout)
+        self.live.add(subject)
+        return _Counted(sub, self.live)
+
+
+async def test_many_spawns_listen_soon_and_terminated_agents_stop_listening() -> None:
+    """Agents spawned in a row are all subscribed in the background soon after, with no
+    send forcing it; a terminated agent's subscriptions are dropped in the background."""
+    t = Listening()
+    async with symbi.Runtime(transport=t) as rt:
+        ids = [(await rt.spawn(Echo, name=f"e{i}")).id for i in range(300)]
+        with anyio.fail_after(5):
+            while not all(f"symbi.agent.{a}" in t.live for a in ids):
+                await anyio.sleep(0.01)
+        assert all(f"symbi.keys.{a}" in t.live for a in ids)
+        for a in ids[:100]:
+            await rt.terminate(a)
+        with anyio.fail_after(5):
+            while any(f"symbi.agent.{a}" in t.live for a in ids[:100]):
+                await anyio.sleep(0.01)
+        assert not any(f"symbi.keys.{a}" in t.live for a in ids[:100])
+        assert all(f"symbi.agent.{a}" in t.live for a in ids[100:])
+        got = await rt.request(ids[150], Ask(text="still here"), timeout=2)
+        assert got == Ask(text="STILL HERE")

@@ -9,6 +9,7 @@ import collections
 import functools
 import itertools
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
@@ -154,7 +155,7 @@ class Subscription:
     async def unsubscribe(self, *, timeout: float = 5.0) -> None:
         check_timeout(timeout)
         self.active = False
-        self._bus._subscriptions.discard(self)
+        self._bus._forget_subscription(self)
         ts, self._transport_sub = self._transport_sub, None
         if ts is not None:
             with anyio.move_on_after(timeout):
@@ -164,8 +165,14 @@ class Subscription:
         return f"Subscription({self.pattern!r}, subscriber={self.subscriber!r})"
 
 
+_PLAIN_TOKEN = re.compile(r"[A-Za-z0-9_\-]+")
+
+
 def _token(agent: str) -> str:
-    """An agent id as one subject token: percent-encoded, dots included."""
+    """An agent id as one subject token: percent-encoded, dots included (ids made of
+    letters, digits, ``-`` and ``_``, as spawned agents' are, need no encoding)."""
+    if _PLAIN_TOKEN.fullmatch(agent):
+        return agent
     return quote(agent, safe="").replace(".", "%2E")
 
 
@@ -371,7 +378,12 @@ class Bus:
         self._agent_subs: dict[str, list[TransportSubscription]] = {}
         self._need_subs: set[str] = set()
         self._subscriptions: set[Subscription] = set()
+        # The same subscriptions by subscriber, so unregistering an agent is O(its own).
+        self._subs_of: dict[str, set[Subscription]] = {}
         self._inactive: list[Subscription] = []
+        self._subscribing = False  # a background _subscribe_pending task is scheduled
+        # Transport subscriptions of agents that left, for _unsubscribe_leaving.
+        self._leaving: list[TransportSubscription] = []
         self._delivery: Optional[LocalDelivery] = None
         self._directory: Optional[Directory] = None
         self._wiretaps: list[Callable[[bytes], None]] = []
@@ -516,8 +528,7 @@ class Bus:
         self._agents.add(agent_id)
         self._peers.add(agent_id)
         self._need_subs.add(agent_id)
-        if self._state == "running" and self._tg is not None:
-            self._tg.start_soon(self._subscribe_in_background)
+        self._subscribe_soon()
         return bundle
 
     def unregister_agent(self, agent_id: str) -> None:
@@ -537,14 +548,16 @@ class Bus:
         self._need_subs.discard(agent_id)
         self._limiter.forget(agent_id)
         subs = self._agent_subs.pop(agent_id, [])
-        for s in list(self._subscriptions):
-            if s.subscriber == agent_id:
-                s.active = False
-                self._subscriptions.discard(s)
-                if s._transport_sub is not None:
-                    subs.append(s._transport_sub)
+        for s in list(self._subs_of.get(agent_id, ())):
+            s.active = False
+            self._forget_subscription(s)
+            if s._transport_sub is not None:
+                subs.append(s._transport_sub)
         if subs and self._tg is not None:
-            self._tg.start_soon(self._unsubscribe_all, subs)
+            # One background task unsubscribes for every agent that left meanwhile.
+            self._leaving.extend(subs)
+            if len(self._leaving) == len(subs):
+                self._tg.start_soon(self._unsubscribe_leaving)
 
     def bundle(self, agent_id: str) -> bytes:
         """The public bundle of a known agent (local or pinned)."""
@@ -555,10 +568,15 @@ class Bus:
         self._ring.add_peer(self._check_agent_id(agent_id), bundle)
         self._peers.add(agent_id)
 
-    async def _unsubscribe_all(self, subs: Sequence[TransportSubscription]) -> None:
-        with anyio.move_on_after(self._ack_timeout):
-            for s in subs:
-                await s.unsubscribe()
+    async def _unsubscribe_leaving(self) -> None:
+        """Drop the transport subscriptions of agents that left, until none is left (a
+        stuck transport gets ``ack_timeout`` per round; what remains is dropped when the
+        transport closes)."""
+        while self._leaving:
+            subs, self._leaving = self._leaving, []
+            with anyio.move_on_after(self._ack_timeout):
+                for s in subs:
+                    await s.unsubscribe()
 
     def _subject(self, prefix: str, agent: str) -> str:
         key = prefix + agent
@@ -598,14 +616,16 @@ class Bus:
         for p in list(self._pending.values()):
             p.error = RuntimeStateError("the bus stopped before the reply arrived")
             p.done.set()
+        subs: list[TransportSubscription] = [s for v in self._agent_subs.values() for s in v]
+        subs += [s._transport_sub for s in self._subscriptions if s._transport_sub]
+        if self._reply_sub is not None:
+            subs.append(self._reply_sub)
+        # One deadline for all the unsubscribes (a scope each cost seconds for 100k
+        # agents), and the transport is closed whatever they did.
         with anyio.move_on_after(self._connect_timeout, shield=True):
-            subs: list[TransportSubscription] = [s for v in self._agent_subs.values() for s in v]
-            subs += [s._transport_sub for s in self._subscriptions if s._transport_sub]
-            if self._reply_sub is not None:
-                subs.append(self._reply_sub)
             for s in subs:
-                with anyio.move_on_after(self._ack_timeout):
-                    await s.unsubscribe()
+                await s.unsubscribe()
+        with anyio.move_on_after(self._connect_timeout, shield=True):
             await self._transport.close(timeout=self._connect_timeout)
         self._agent_subs.clear()
         self._need_subs = set(self._agents)
@@ -711,14 +731,25 @@ class Bus:
                     self._inactive.append(sub)
                     raise
 
+    def _subscribe_soon(self) -> None:
+        """Have one background task make the pending subscriptions: spawning 100k
+        agents in a row schedules one task, not 100k."""
+        if not self._subscribing and self._state == "running" and self._tg is not None:
+            self._subscribing = True
+            self._tg.start_soon(self._subscribe_in_background)
+
     async def _subscribe_in_background(self) -> None:
-        """``_subscribe_pending`` in the runtime's task group: a failure is logged (and
-        retried by the next send or ``flush``), never raised into the task group."""
+        """``_subscribe_pending`` in the runtime's task group, until nothing is pending
+        (what is registered meanwhile included): a failure is logged (and retried by the
+        next send, ``flush`` or registration), never raised into the task group."""
         try:
-            with anyio.fail_after(self._connect_timeout * 2):
-                await self._subscribe_pending()
+            while self._state == "running" and (self._need_subs or self._inactive):
+                with anyio.fail_after(self._connect_timeout * 2):
+                    await self._subscribe_pending()
         except Exception as e:
             log.warning("the bus could not subscribe yet (will retry on next use): %r", e)
+        finally:
+            self._subscribing = False
 
     async def flush(self, *, timeout: float = 5.0) -> None:
         """Wait until every registered agent and subscription is listening on the transport
@@ -1968,10 +1999,18 @@ class Bus:
         self._authorize(subscriber, "subscribe", pattern, "", [])
         sub = Subscription(self, pattern, handler, subscriber)
         self._subscriptions.add(sub)
+        self._subs_of.setdefault(subscriber, set()).add(sub)
         self._inactive.append(sub)
-        if self._state == "running" and self._tg is not None:
-            self._tg.start_soon(self._subscribe_in_background)
+        self._subscribe_soon()
         return sub
+
+    def _forget_subscription(self, sub: Subscription) -> None:
+        self._subscriptions.discard(sub)
+        mine = self._subs_of.get(sub.subscriber)
+        if mine is not None:
+            mine.discard(sub)
+            if not mine:
+                del self._subs_of[sub.subscriber]
 
     async def _on_topic(self, sub: Subscription, data: bytes) -> None:
         if not sub.active:
