@@ -757,7 +757,7 @@ impl Tail {
                 .expect("32 bytes");
             compact.push(&rec_chain);
             let every = self.checkpoint_every;
-            if every > 0 && compact.size().is_multiple_of(every) {
+            if every > 0 && compact.size() % every == 0 {
                 checkpoints.push(Checkpoint::new(
                     &self.signer,
                     &self.key_id,

@@ -124,7 +124,7 @@ pub fn root_from_path(
         let sib = index ^ 1;
         if sib < size {
             let s = it.next()?;
-            cur = if index.is_multiple_of(2) {
+            cur = if index % 2 == 0 {
                 node(&cur, s)
             } else {
                 node(s, &cur)

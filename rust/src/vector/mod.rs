@@ -146,7 +146,7 @@ pub(crate) fn prepare_rows(
     dim: usize,
     metric: Metric,
 ) -> Result<()> {
-    if dim == 0 || !data.len().is_multiple_of(dim) {
+    if dim == 0 || data.len() % dim != 0 {
         return Err(VectorError::Dimension {
             argument,
             expected: dim,
