@@ -50,7 +50,7 @@ from .errors import (
 )
 from .latch import Latch
 from .lifecycle import AgentState, LifecycleController, Transition
-from .message import Message
+from .message import Message, check_message
 from .policy.types import AuditSink, PolicyRequest, Principal, Resource
 from .resources import AgentUsage, Metered, ResourceAccount, ResourceLimits
 from .scheduler import Placement, Priority, Scheduler, SchedulerStatus, Slot
@@ -626,13 +626,7 @@ class AgentHost:
     ) -> Optional[_Reply]:
         if self._tg is None:
             raise RuntimeStateError("the runtime is not running")
-        if not isinstance(msg, Message):
-            raise InvalidArgument(
-                f"messages are symbi.Message subclasses, got {type(msg).__name__}",
-                argument="msg",
-                expected="symbi.Message",
-                got=type(msg).__name__,
-            )
+        check_message(msg)
         timeout = _timeout("timeout", timeout)
         if not isinstance(to, str):
             raise InvalidArgument(

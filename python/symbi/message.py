@@ -13,7 +13,9 @@ from typing import Any, Optional
 
 import msgspec
 
-__all__ = ["Message", "message_type", "message_type_name"]
+from .errors import InvalidArgument
+
+__all__ = ["Message", "check_message", "message_type", "message_type_name"]
 
 _REGISTRY: dict[str, type[Message]] = {}
 
@@ -34,3 +36,16 @@ def message_type_name(cls: type[Message]) -> str:
 def message_type(name: str) -> Optional[type[Message]]:
     """The message class registered under ``name``, or None."""
     return _REGISTRY.get(name)
+
+
+def check_message(msg: object) -> Message:
+    """``msg`` if it is a symbi.Message, else InvalidArgument (every entry point that takes
+    a message checks it this way)."""
+    if not isinstance(msg, Message):
+        raise InvalidArgument(
+            f"messages are symbi.Message subclasses, got {type(msg).__name__}",
+            argument="msg",
+            expected="symbi.Message",
+            got=type(msg).__name__,
+        )
+    return msg

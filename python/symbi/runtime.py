@@ -28,7 +28,7 @@ from anyio.abc import TaskGroup
 from . import _core
 from .audit import AuditLog
 from .bus import Bus, DeadLetter, SecureMessage, Subscription
-from .bus.bus import batch_outcome, check_agent_id, check_batch, check_message
+from .bus.bus import batch_outcome, check_agent_id, check_batch
 from .bus.transport import InProcTransport, Transport, check_timeout
 from .components import Component, ComponentHealth, HealthStatus, Housekeeper
 from .config import Config
@@ -36,7 +36,7 @@ from .context import ContextManager
 from .errors import ComponentError, InvalidArgument, RuntimeStateError
 from .host import AgentFactory, AgentHandle, AgentHost, SystemStatus, default_slots
 from .lifecycle import AgentState, LifecycleController
-from .message import Message
+from .message import Message, check_message
 from .policy import PolicyEngine
 from .resources import AgentUsage
 from .scheduler import Scheduler

@@ -39,7 +39,7 @@ from ..errors import (
     SymbiError,
 )
 from ..latch import Latch
-from ..message import Message
+from ..message import Message, check_message
 from ..policy.types import AuditSink, PolicyRequest, Principal, Resource
 from . import codec
 from .codec import ACK_OK
@@ -174,18 +174,6 @@ def _token(agent: str) -> str:
     if _PLAIN_TOKEN.fullmatch(agent):
         return agent
     return quote(agent, safe="").replace(".", "%2E")
-
-
-def check_message(msg: object) -> Message:
-    """``msg`` if it is a symbi.Message, else InvalidArgument."""
-    if not isinstance(msg, Message):
-        raise InvalidArgument(
-            f"messages are symbi.Message subclasses, got {type(msg).__name__}",
-            argument="msg",
-            expected="symbi.Message",
-            got=type(msg).__name__,
-        )
-    return msg
 
 
 def check_agent_id(agent_id: object, argument: str = "agent_id") -> str:
