@@ -297,26 +297,27 @@ class Runtime:
         ``return_exceptions`` failures take their place in the list; without, the first
         one is raised after all have settled. ``timeout`` bounds the whole batch."""
         self._require_running()
-        targets: Union[str, list[str]]
-        if isinstance(to, str):
-            targets = self._host.resolve(to)
-        elif isinstance(to, Sequence):
-            # Names become ids; anything that is not a str is left for the bus to refuse.
-            targets = [self._host.resolve(r) if isinstance(r, str) else r for r in to]
-        else:
-            raise InvalidArgument(
-                "to is an agent id or name, or a sequence of them",
-                argument="to",
-                expected="str | Sequence[str]",
-                got=type(to).__name__,
-            )
         return await self.bus.request_many(
             msgs,
             sender=self._sender(sender),
-            to=targets,
+            to=self._resolve_targets(to),
             timeout=timeout,
             labels=labels,
             return_exceptions=return_exceptions,
+        )
+
+    def _resolve_targets(self, to: Union[str, Sequence[str]]) -> Union[str, list[str]]:
+        """A batch call's ``to`` with agent names made ids; anything that is not a str is
+        left for ``check_batch`` to refuse."""
+        if isinstance(to, str):
+            return self._host.resolve(to)
+        if isinstance(to, Sequence):
+            return [self._host.resolve(r) if isinstance(r, str) else r for r in to]
+        raise InvalidArgument(
+            "to is an agent id or name, or a sequence of them",
+            argument="to",
+            expected="str | Sequence[str]",
+            got=type(to).__name__,
         )
 
     async def run_task(
@@ -361,12 +362,7 @@ class Runtime:
         ``timeout`` (for the whole batch) runs out, or the handler's own exception."""
         self._require_running()
         deadline = time.monotonic() + check_timeout(timeout)
-        if isinstance(to, Sequence) and not isinstance(to, str):
-            # Names become ids; anything that is not a str is left for check_batch.
-            to = [self._host.resolve(r) if isinstance(r, str) else r for r in to]
-        items, targets = check_batch(msgs, to)
-        if isinstance(to, str):
-            targets = [self._host.resolve(to)] * len(items)
+        items, targets = check_batch(msgs, self._resolve_targets(to))
         out: list[Any] = [None] * len(items)
         failed: list[Optional[BaseException]] = [None] * len(items)
         admitted = await self.bus.admit_many(None, items, targets, labels, deadline, failed)

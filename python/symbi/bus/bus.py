@@ -505,12 +505,10 @@ class Bus:
         queue, audited like the bus's own."""
         self._dead_letter(message_id, sender or self._runtime_id, recipient, msg, reason, attempts)
 
-    _check_agent_id = staticmethod(check_agent_id)
-
     def register_agent(self, agent_id: str) -> bytes:
         """Create ``agent_id``'s identity (Ed25519 + X25519) in this bus's key ring and
         start listening for it; returns its 64-byte public bundle."""
-        self._check_agent_id(agent_id)
+        check_agent_id(agent_id)
         bundle = self._ring.create_identity(agent_id)
         self._described.pop(agent_id, None)
         self._agents.add(agent_id)
@@ -521,7 +519,7 @@ class Bus:
 
     def unregister_agent(self, agent_id: str) -> None:
         """Forget ``agent_id``'s keys and stop listening for it. Unknown ids are ignored."""
-        self._check_agent_id(agent_id)
+        check_agent_id(agent_id)
         if agent_id == self._runtime_id:
             raise InvalidArgument(
                 "the runtime's own identity cannot be unregistered",
@@ -549,11 +547,11 @@ class Bus:
 
     def bundle(self, agent_id: str) -> bytes:
         """The public bundle of a known agent (local or pinned)."""
-        return self._ring.bundle(self._check_agent_id(agent_id))
+        return self._ring.bundle(check_agent_id(agent_id))
 
     def add_peer(self, agent_id: str, bundle: bytes) -> None:
         """Pin a remote agent's public bundle (instead of looking it up on first use)."""
-        self._ring.add_peer(self._check_agent_id(agent_id), bundle)
+        self._ring.add_peer(check_agent_id(agent_id), bundle)
         self._peers.add(agent_id)
 
     async def _unsubscribe_leaving(self) -> None:
@@ -754,7 +752,7 @@ class Bus:
     def _sender_id(self, sender: Optional[str]) -> str:
         if sender is None:
             return self._runtime_id
-        self._check_agent_id(sender, "sender")
+        check_agent_id(sender, "sender")
         if sender not in self._agents:
             raise InvalidArgument(
                 f"sender {sender!r} has no identity on this bus; register_agent() it first",
@@ -763,8 +761,6 @@ class Bus:
                 got=sender,
             )
         return sender
-
-    _check_msg = staticmethod(check_message)
 
     @staticmethod
     def _check_labels(labels: object) -> list[str]:
@@ -1114,8 +1110,10 @@ class Bus:
         deadline: float,
     ) -> None:
         """``admit_many`` for one message: returns once ``sender`` may send ``msg`` to
-        ``to``, or raises PolicyDenied or RateLimited."""
-        label_list = [] if labels == () else self._check_labels(labels)
+        ``to``, or raises PolicyDenied or RateLimited (InvalidArgument for bad input)."""
+        check_message(msg)
+        check_agent_id(to, "to")
+        label_list = self._check_labels(labels)
         await self._admit(
             self._sender_id(sender), "send", to, codec.type_name_of(msg), label_list, deadline
         )
@@ -1146,11 +1144,31 @@ class Bus:
         """(index, content type) of every ``msgs[i]`` that ``sender`` (None: the runtime)
         may send to ``targets[i]`` now: one policy decision per (recipient, type), then
         the sender's rate limit, waiting up to ``deadline`` (``time.monotonic``) when the
-        limit is set to wait. The others' PolicyDenied or RateLimited go to ``failed``.
-        The admission control of ``request_many``; the runtime's task path admits the
-        work it hands to local agents with it too."""
-        sid = self._sender_id(sender)
+        limit is set to wait. The others' PolicyDenied or RateLimited go to ``failed``
+        (as long as ``msgs``). The admission control of ``request_many``; the runtime's
+        task path admits the work it hands to local agents with it too."""
+        items, to = check_batch(msgs, targets)
+        if not isinstance(failed, list) or len(failed) != len(items):
+            raise InvalidArgument(
+                "failed is a list as long as msgs, for the refusals",
+                argument="failed",
+                expected=f"list of length {len(items)}",
+                got=type(failed).__name__,
+            )
         label_list = self._check_labels(labels)
+        return await self._admit_many(
+            self._sender_id(sender), items, to, label_list, deadline, failed
+        )
+
+    async def _admit_many(
+        self,
+        sid: str,
+        msgs: list[Message],
+        targets: list[str],
+        label_list: list[str],
+        deadline: float,
+        failed: list[Optional[BaseException]],
+    ) -> list[tuple[int, str]]:
         decided: dict[tuple[str, str], Union[Optional[float], BaseException]] = {}
         admitted: list[tuple[int, str]] = []
         for i, (msg, t) in enumerate(zip(msgs, targets)):
@@ -1188,8 +1206,7 @@ class Bus:
     ) -> list[tuple[int, str, str, bytes]]:
         """(index, corr, content type, frame) of every request that passes admission
         (policy and rate limit) and the size check; the others' errors go to ``failed``."""
-        sender = None if sid == self._runtime_id else sid
-        admitted = await self.admit_many(sender, items, targets, label_list, deadline, failed)
+        admitted = await self._admit_many(sid, items, targets, label_list, deadline, failed)
         ready: list[tuple[int, str, str, bytes]] = []  # (index, corr, ctype, frame)
         for i, ctype in admitted:
             corr = f"{next(self._corr):x}"
@@ -1305,10 +1322,10 @@ class Bus:
         want_reply: bool,
     ) -> tuple[str, Any]:
         start = time.monotonic()
-        self._check_msg(msg)
+        check_message(msg)
         timeout = check_timeout(timeout)
         deadline = start + timeout
-        self._check_agent_id(to, "to")
+        check_agent_id(to, "to")
         label_list = self._check_labels(labels)
         sid = self._sender_id(sender)
         await self._ready()
@@ -1513,7 +1530,7 @@ class Bus:
                 got=type(data).__name__,
             )
         data = bytes(data)
-        self._check_agent_id(recipient, "recipient")
+        check_agent_id(recipient, "recipient")
         if recipient not in self._agents:
             raise InvalidArgument(
                 f"{recipient!r} has no identity on this bus",
@@ -1568,44 +1585,70 @@ class Bus:
         then handles (and reports) in full. Nothing else can run between the check and
         the delivery, so no in-flight marker is needed for duplicates to wait on."""
         mid, sender, _rcpt, is_topic, _ts, ctype, payload, dup = opened
-        try_deliver = getattr(self._delivery, "try_deliver", None)
-        if dup or is_topic or try_deliver is None:
+        delivery = self._delivery
+        try_deliver = getattr(delivery, "try_deliver", None)
+        if dup or try_deliver is None:
             return None
         try:
-            frame = codec.decode_frame(payload)
-            if frame.kind not in (codec.KIND_MESSAGE, codec.KIND_REQUEST):
-                return None
-            msg = codec.decode_body(ctype, frame.body)
+            frame, msg = self._decode_direct(is_topic, ctype, payload)
         except SymbiError:
-            return None
-        want = frame.kind == codec.KIND_REQUEST
-        on_reply = getattr(self._delivery, "on_reply", None)
-        if want and on_reply is None:
             return None
         try:
             queued, handle = try_deliver(
                 msg,
                 agent,
                 sender=None if sender == self._runtime_id else sender,
-                want_reply=want,
+                want_reply=frame.kind == codec.KIND_REQUEST,
                 size=len(frame.body),
             )
             if not queued:
                 return None
+            self._delivered(delivery, handle, agent, sender, frame)
             ack = ACK_OK
-            self.stats.delivered += 1
-            if want:
-                assert on_reply is not None
-                on_reply(
-                    handle,
-                    functools.partial(self._reply_ready, agent, sender, frame.corr, frame.reply_to),
-                )
         except SymbiError as e:
             ack = self._error_ack(e, mid)
+        self._remember_ack(mid, ack)
+        return ack
+
+    @staticmethod
+    def _decode_direct(is_topic: bool, ctype: str, payload: bytes) -> tuple[codec.FrameIn, Any]:
+        """The frame and message of an opened direct envelope, or DeliveryError."""
+        if is_topic:
+            raise DeliveryError(
+                "a topic envelope arrived on an agent subject", reason="malformed payload"
+            )
+        frame = codec.decode_frame(payload)
+        if frame.kind not in (codec.KIND_MESSAGE, codec.KIND_REQUEST):
+            raise DeliveryError(
+                f"unexpected frame kind {frame.kind} on an agent subject",
+                reason="malformed payload",
+            )
+        return frame, codec.decode_body(ctype, frame.body)
+
+    def _delivered(
+        self, delivery: Any, handle: Any, agent: str, sender: str, frame: codec.FrameIn
+    ) -> None:
+        """A direct message is in ``agent``'s mailbox: count it and, for a request,
+        arrange for its reply."""
+        self.stats.delivered += 1
+        if frame.kind != codec.KIND_REQUEST:
+            return
+        on_reply = getattr(delivery, "on_reply", None)
+        if on_reply is not None:  # the agent host: a callback, no task per request
+            on_reply(
+                handle,
+                functools.partial(self._reply_ready, agent, sender, frame.corr, frame.reply_to),
+            )
+        elif self._tg is not None:
+            self._tg.start_soon(
+                self._reply, handle, agent, sender, frame.corr, frame.reply_to, frame.timeout
+            )
+
+    def _remember_ack(self, mid: str, ack: Union[bytes, _Flight]) -> None:
+        """What a later duplicate of ``mid`` gets (a bounded, oldest-first cache)."""
         self._acks[mid] = ack
         if len(self._acks) > _ACK_CACHE:
             self._acks.popitem(last=False)
-        return ack
 
     def _error_ack(self, e: SymbiError, mid: str) -> bytes:
         """The ack refusing message ``mid``; the error is kept for a local sender."""
@@ -1632,23 +1675,11 @@ class Bus:
                 return prior if isinstance(prior, bytes) else ACK_OK
             # The first copy was cancelled before it took effect: this one delivers it.
         flight = _Flight()
-        self._acks[mid] = flight
-        if len(self._acks) > _ACK_CACHE:
-            self._acks.popitem(last=False)
+        self._remember_ack(mid, flight)
         ack = ACK_OK
         settled = False
         try:
-            if is_topic:
-                raise DeliveryError(
-                    "a topic envelope arrived on an agent subject", reason="malformed payload"
-                )
-            frame = codec.decode_frame(payload)
-            if frame.kind not in (codec.KIND_MESSAGE, codec.KIND_REQUEST):
-                raise DeliveryError(
-                    f"unexpected frame kind {frame.kind} on an agent subject",
-                    reason="malformed payload",
-                )
-            msg = codec.decode_body(ctype, frame.body)
+            frame, msg = self._decode_direct(is_topic, ctype, payload)
             delivery = self._delivery
             if delivery is None:
                 raise DeliveryError(
@@ -1663,26 +1694,7 @@ class Bus:
                 msg, agent, sender=local_sender, timeout=wait, want_reply=want
             )
             settled = True
-            self.stats.delivered += 1
-            if want:
-                on_reply = getattr(delivery, "on_reply", None)
-                if on_reply is not None:  # the agent host: a callback, no task per request
-                    on_reply(
-                        handle,
-                        functools.partial(
-                            self._reply_ready, agent, sender, frame.corr, frame.reply_to
-                        ),
-                    )
-                elif self._tg is not None:
-                    self._tg.start_soon(
-                        self._reply,
-                        handle,
-                        agent,
-                        sender,
-                        frame.corr,
-                        frame.reply_to,
-                        frame.timeout,
-                    )
+            self._delivered(delivery, handle, agent, sender, frame)
         except SymbiError as e:
             settled = True
             ack = self._error_ack(e, mid)
@@ -1933,7 +1945,7 @@ class Bus:
         InvalidArgument, or DeliveryError when the transport is down."""
         start = time.monotonic()
         validate_topic(topic)
-        self._check_msg(msg)
+        check_message(msg)
         timeout = check_timeout(timeout)
         deadline = start + timeout
         label_list = self._check_labels(labels)
@@ -1976,7 +1988,7 @@ class Bus:
                 expected="async callable",
                 got=type(handler).__name__,
             )
-        self._check_agent_id(subscriber, "subscriber")
+        check_agent_id(subscriber, "subscriber")
         if subscriber not in self._agents:
             raise InvalidArgument(
                 f"subscriber {subscriber!r} has no identity on this bus; register_agent() it",
