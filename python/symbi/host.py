@@ -1001,7 +1001,6 @@ class AgentHost:
                 try:
                     if waited and time.monotonic() >= deadline:
                         # Time is up: the rest is not handed over, each raises a timeout.
-                        self._task_timeouts += 1
                         raise self._task_timeout(to, timeout)
                     # Room in the mailbox: no wait, so none of deliver()'s machinery.
                     queued, reply = self.try_deliver(msg, to, sender=None, want_reply=True)
@@ -1009,7 +1008,6 @@ class AgentHost:
                         waited = True
                         left = deadline - time.monotonic()
                         if left <= 0.0:
-                            self._task_timeouts += 1
                             raise self._task_timeout(to, timeout)
                         reply = await self.deliver(
                             msg, to, sender=None, timeout=left, want_reply=True
@@ -1033,7 +1031,6 @@ class AgentHost:
             for i, to, reply in replies:
                 if not reply.is_set():
                     reply.expire()
-                    self._task_timeouts += 1
                     failed[i] = self._task_timeout(to, timeout)
                 elif reply.error is not None:
                     failed[i] = reply.error
@@ -1054,7 +1051,6 @@ class AgentHost:
         left = deadline - time.monotonic()
         if left <= 0.0 and not reply.is_set():
             reply.expire()
-            self._task_timeouts += 1
             raise self._task_timeout(to, timeout)
         return await self.wait_reply(reply, recipient=to, timeout=max(left, 1e-6), total=timeout)
 
@@ -1064,6 +1060,8 @@ class AgentHost:
         )
 
     def _task_timeout(self, to: str, timeout: float) -> RequestTimeout:
+        """The RequestTimeout of a task, counted in ``status().request_timeouts``."""
+        self._task_timeouts += 1
         rec = self._agents.get(to)
         return RequestTimeout(
             f"task for {(rec.name if rec else to)!r} not done within {timeout}s; the agent may "
