@@ -119,7 +119,8 @@ class SecurityConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=
     enforce_policies: bool = True
     audit_enabled: bool = True
     #: The Rust crypto backend. ``ring`` is accepted for Symbiont configs and means the
-    #: same audited RustCrypto implementations (ed25519-dalek, aes-gcm).
+    #: same implementations: AWS-LC signs Ed25519, ed25519-dalek verifies (batches too),
+    #: RustCrypto's aes-gcm encrypts.
     crypto_provider: Literal["rustcrypto", "ring"] = "rustcrypto"
     #: Directory of the durable audit store; unset keeps the trail in memory.
     audit_storage: Optional[str] = None

@@ -11,6 +11,7 @@ pub mod gil;
 pub mod lex;
 pub mod policy;
 pub mod scheduler;
+pub mod signing;
 pub mod vector;
 
 use pyo3::prelude::*;

@@ -34,7 +34,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+
+use crate::signing::SigningKey;
 
 use super::chain::{self, Hash, GENESIS, HASH_SIZE};
 use super::event::{self, Fields, Record};

@@ -5,10 +5,12 @@ use std::collections::HashMap;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::signing::SigningKey;
 
 use super::envelope::{self, Envelope, Header, KIND_DIRECT, KIND_TOPIC, MAX_PAYLOAD};
 use super::merkle::{self, Hash, Tree};
@@ -172,7 +174,7 @@ impl KeyRing {
         if self.identities.contains_key(agent) {
             return Err(CryptoError::DuplicateAgent(agent.into()));
         }
-        let sign = SigningKey::from_bytes(&random::<32>());
+        let sign = SigningKey::generate();
         let dh = StaticSecret::from(random::<32>());
         let verify = sign.verifying_key();
         let dh_pub = PublicKey::from(&dh);
@@ -435,7 +437,7 @@ impl KeyRing {
         let mut msg = [0u8; SIG_SINGLE.len() + 32];
         msg[..SIG_SINGLE.len()].copy_from_slice(SIG_SINGLE);
         msg[SIG_SINGLE.len()..].copy_from_slice(&leaf);
-        let sig = self.identities[sender].sign.sign(&msg).to_bytes();
+        let sig = self.identities[sender].sign.sign(&msg);
         envelope::write_single_signature(&sig, &mut buf);
         Ok(buf)
     }
@@ -496,7 +498,7 @@ impl KeyRing {
         msg[..SIG_BATCH.len()].copy_from_slice(SIG_BATCH);
         msg[SIG_BATCH.len()..SIG_BATCH.len() + 32].copy_from_slice(&tree.root());
         msg[SIG_BATCH.len() + 32..].copy_from_slice(&(items.len() as u32).to_be_bytes());
-        let sig = self.identities[sender].sign.sign(&msg).to_bytes();
+        let sig = self.identities[sender].sign.sign(&msg);
         for (i, buf) in bufs.iter_mut().enumerate() {
             envelope::write_batch_signature(&sig, i, &tree, buf);
         }

@@ -27,6 +27,10 @@
 //!   still checked. One Ed25519 signature covers up to `MAX_BATCH` messages, which is what
 //!   makes 100k signed messages/s reachable. `seal_batch` draws the batch's ids and nonces
 //!   from the OS in one call.
+//! * Ed25519: AWS-LC signs and ed25519-dalek verifies (`crate::signing` says why). The idle
+//!   path is one signature and one verification per message, about 8 + 32 µs of the
+//!   ~46 µs a seal and open cost on the 2-core CI machine; AES-GCM, the leaf hash, the
+//!   replay check and the buffers are the rest.
 //! * Replays: a receiver rejects envelopes outside the timestamp window and remembers
 //!   the ids it has accepted until they leave the window (`ReplayGuard`).
 //! * Buffers: the ring keeps a pool of byte buffers. An envelope is written into one in
