@@ -213,7 +213,10 @@ class IllegalTransition(SymbiError):
 
 
 class ResourceLimitExceeded(SymbiError):
-    """An agent went past one of its resource limits and was suspended."""
+    """An agent went past one of its resource limits (``resource`` says which): what it
+    asked for was refused and the event audited. Past its memory cap the agent is also
+    suspended; a time budget (``execution_timeout``, an I/O wait) suspends it only with
+    ``on_timeout="suspend"``."""
 
     def __init__(
         self,

@@ -132,6 +132,11 @@ class SystemStatus(msgspec.Struct, frozen=True, kw_only=True):
     request_timeouts: int = 0
 
 
+#: Limits that are time budgets (the task's, an I/O wait's): hitting one suspends the agent
+#: only with on_timeout="suspend". Past any other limit (memory) the agent is suspended.
+_TIME_BUDGETS = frozenset({"execution_timeout", "disk_io", "network_io"})
+
+
 class _Reply(Latch):
     """The outcome of one request, itself the latch that says it is known: a waiter
     (``wait_reply``) or a callback (the bus's ``on_reply``, no task per request) learns
@@ -696,7 +701,11 @@ class AgentHost:
         if size is None:
             self._encoder.encode_into(msg, self._size_buf)  # its bytes, serialized
             size = len(self._size_buf)
-        rec.account.charge_memory(size, f"{type(msg).__name__} message")
+        try:
+            rec.account.charge_memory(size, f"{type(msg).__name__} message")
+        except ResourceLimitExceeded as e:
+            self._record_limit(rec.id, e)  # refused: the sender gets the error
+            raise
         reply = _Reply() if want_reply else None
         rec.mailbox.append(_Envelope(msg, sender, reply, size))
         self._submit(rec)
@@ -880,39 +889,34 @@ class AgentHost:
             runtime=self._runtime_api,
         )
         limit = rec.handle.limits.execution_timeout
-        timed_out = False
         error: Optional[BaseException] = None
         value: Any = None
+        if rec.account.cpu_owed() > 0.0:
+            await rec.account.pay_cpu()  # the debt of a handler that never awaited
         try:
             if limit:
-                with anyio.fail_after(limit):
+                # move_on_after, not fail_after: a TimeoutError the handler raises itself
+                # is its own error, not this limit.
+                with anyio.move_on_after(limit) as scope:
                     value = await Metered(handler(env.msg, ctx), rec.account)
+                if scope.cancelled_caught:
+                    rec.account.usage.timeouts += 1
+                    raise ResourceLimitExceeded(
+                        f"agent {rec.name!r} exceeded its execution_timeout of {limit}s "
+                        f"handling {type(env.msg).__name__}",
+                        agent_id=rec.id,
+                        resource="execution_timeout",
+                        limit=limit,
+                    )
             else:
                 # Most handlers finish without suspending: run the first step here and
                 # build the awaitable only for those that do not.
                 done, value = Metered.first_step(handler(env.msg, ctx), rec.account)
                 if not done:
                     value = await value
-        except TimeoutError:
-            timed_out = True
-            rec.account.usage.timeouts += 1
-            error = ResourceLimitExceeded(
-                f"agent {rec.name!r} exceeded its execution_timeout of {limit}s handling "
-                f"{type(env.msg).__name__}",
-                agent_id=rec.id,
-                resource="execution_timeout",
-                limit=limit,
-            )
-            self._record(
-                "resource.limit_exceeded", rec.id, {"resource": "execution_timeout", "limit": limit}
-            )
         except ResourceLimitExceeded as e:
             error = e
-            self._record(
-                "resource.limit_exceeded",
-                rec.id,
-                {"resource": e.resource, "limit": e.limit, "used": e.used},
-            )
+            self._record_limit(rec.id, e)
         except Exception as e:
             error = e
             if env.reply is None:
@@ -931,10 +935,17 @@ class AgentHost:
                 reply.finish()
         self._completed += 1
         if isinstance(error, ResourceLimitExceeded) and (
-            not timed_out or rec.on_timeout == "suspend"
+            error.resource not in _TIME_BUDGETS or rec.on_timeout == "suspend"
         ):
             return error
         return None
+
+    def _record_limit(self, agent_id: str, e: ResourceLimitExceeded) -> None:
+        self._record(
+            "resource.limit_exceeded",
+            agent_id,
+            {"resource": e.resource, "limit": e.limit, "used": e.used},
+        )
 
     def _finish_task(self, rec: _Record, tid: int) -> Optional[Placement]:
         self._by_task.pop(tid, None)

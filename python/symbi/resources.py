@@ -2,10 +2,13 @@
 
 * ``execution_timeout``: each task runs under an anyio cancel scope with that deadline.
 * ``cpu_cores``: CPU time is measured per agent, step by step of its coroutine (see
-  :class:`Metered`), and an agent past its share is paused until it is back under it.
+  :class:`Metered`), and an agent past its share is paused until it is back under it: at
+  its next await, or, for a handler that never awaits (a step cannot be interrupted),
+  before its next message.
 * ``memory_mb``: the bytes an agent owns through the runtime (queued messages, stored
   state) are accounted; a charge past the cap raises ``ResourceLimitExceeded``.
-* ``disk_io_mbps`` / ``network_io_mbps``: I/O through runtime APIs passes token buckets.
+* ``disk_io_mbps`` / ``network_io_mbps``: I/O through runtime APIs passes token buckets;
+  with a ``timeout`` too short for the budget, ``ResourceLimitExceeded`` is raised at once.
 
 OS-level limits (rlimits, cgroups) are the sandbox's job.
 """
@@ -162,16 +165,47 @@ class ResourceAccount:
             return 0.0
         return self._cpu.debit(seconds)
 
+    def cpu_owed(self) -> float:
+        """Seconds the agent must still pause to be back in its CPU share (0: it is)."""
+        return 0.0 if self._cpu is None else self._cpu.debit(0.0)
+
+    async def pay_cpu(self) -> None:
+        """Pause until the agent is back in its CPU share. The host calls this before a
+        message: a handler that never awaits runs in one step, so its debt can only be
+        paid before the agent's next one."""
+        owed = self.cpu_owed()
+        if owed > 0.0:
+            self.usage.throttled_s += owed
+            await anyio.sleep(owed)
+
     # -------------------------------------------------------------------- io
     async def disk_io(self, nbytes: int, *, timeout: Optional[float] = None) -> None:
         self.usage.disk_bytes += nbytes
         if self._disk is not None:
-            self.usage.throttled_s += await self._disk.take(nbytes, timeout=timeout)
+            self.usage.throttled_s += await self._take(self._disk, "disk_io", nbytes, timeout)
 
     async def network_io(self, nbytes: int, *, timeout: Optional[float] = None) -> None:
         self.usage.network_bytes += nbytes
         if self._net is not None:
-            self.usage.throttled_s += await self._net.take(nbytes, timeout=timeout)
+            self.usage.throttled_s += await self._take(self._net, "network_io", nbytes, timeout)
+
+    async def _take(
+        self, bucket: TokenBucket, resource: str, nbytes: int, timeout: Optional[float]
+    ) -> float:
+        try:
+            return await bucket.take(nbytes, timeout=timeout)
+        except TimeoutError:
+            # Not a TimeoutError: the host would take that for the handler's own error.
+            rate = bucket.rate / MB
+            raise ResourceLimitExceeded(
+                f"agent {self.agent_id!r} cannot do {nbytes} bytes of {resource} within "
+                f"{timeout}s at its limit of {rate:g} MB/s; wait longer, do less at once, "
+                f"or raise limits.{resource}_mbps",
+                agent_id=self.agent_id,
+                resource=resource,
+                limit=rate,
+                used=float(nbytes),
+            ) from None
 
 
 def _step(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
@@ -223,6 +224,84 @@ async def test_memory_cap_refuses_messages_past_the_limit():
             await rt.send(Task(text="x" * 20_000), to=a.id)
         assert ei.value.resource == "memory"
         assert await rt.request(a.id, Task(text="small"), timeout=2) == Task(text="SMALL")
+        assert await limit_events(rt, a.id) == [("memory", float(int(0.01 * 1024 * 1024)))]
+
+
+async def limit_events(rt: symbi.Runtime, agent: str) -> list[tuple[str, object]]:
+    assert rt.audit is not None
+    await rt.audit.flush()
+    return [
+        (e.details["resource"], e.details["limit"])
+        for e in rt.audit.query(agent=agent)
+        if e.event_type == "resource.limit_exceeded"
+    ]
+
+
+class Flaky(Agent):
+    """Raises its own TimeoutError (an upstream call that timed out, say)."""
+
+    @handler
+    async def on_task(self, msg: Task, ctx: symbi.Context) -> None:
+        if msg.text == "await":
+            await anyio.sleep(0.001)
+        raise TimeoutError(f"upstream timed out ({msg.text})")
+
+
+@pytest.mark.parametrize("limits", [None, ResourceLimits(execution_timeout=30)])
+async def test_a_handlers_own_timeout_error_is_not_a_limit(limits):
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(Flaky, name="flaky", limits=limits, on_timeout="suspend")
+        for text in ("at once", "await"):
+            with pytest.raises(TimeoutError, match="upstream") as ei:
+                await rt.request(a.id, Task(text=text), timeout=5)
+            assert not isinstance(ei.value, ResourceLimitExceeded)
+        assert rt.usage(a.id).timeouts == 0
+        assert rt.state_of(a.id) is AgentState.READY  # not suspended
+        assert await limit_events(rt, a.id) == []
+
+
+class Writer(Agent):
+    @handler
+    async def on_task(self, msg: Task, ctx: symbi.Context) -> str:
+        await ctx.disk_io(int(msg.text), timeout=0.05)
+        return "written"
+
+
+@pytest.mark.parametrize("on_timeout", ["ready", "suspend"])
+async def test_an_io_budget_that_cannot_be_met_in_time_is_a_limit(on_timeout):
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(
+            Writer, name="w", limits=ResourceLimits(disk_io_mbps=1), on_timeout=on_timeout
+        )
+        assert await rt.request(a.id, Task(text="1000"), timeout=5) == "written"
+        with pytest.raises(ResourceLimitExceeded) as ei:  # 10 MB at 1 MB/s: not in 50 ms
+            await rt.request(a.id, Task(text=str(10 * 1024 * 1024)), timeout=5)
+        assert (ei.value.resource, ei.value.limit) == ("disk_io", 1.0)
+        assert rt.usage(a.id).timeouts == 0  # not the task's execution_timeout
+        assert await limit_events(rt, a.id) == [("disk_io", 1.0)]
+        want = AgentState.SUSPENDED if on_timeout == "suspend" else AgentState.READY
+        assert rt.state_of(a.id) is want
+
+
+async def test_cpu_debt_of_a_handler_that_never_awaits_is_paid_before_its_next_message():
+    cores = 0.25
+
+    async def burn(msg: Task, ctx: symbi.Context) -> None:
+        end = time.thread_time() + 0.03  # 30 ms of CPU in one step: no await to pause at
+        while time.thread_time() < end:
+            pass
+
+    async with symbi.Runtime(config()) as rt:
+        a = await rt.spawn(burn, name="burn", limits=ResourceLimits(cpu_cores=cores))
+        t0 = time.monotonic()
+        await rt.run_tasks(a.id, [Task(text=str(i)) for i in range(10)], timeout=30)
+        elapsed = time.monotonic() - t0
+        usage = rt.usage(a.id)
+    # Within its share: cores x elapsed, plus the bucket's burst (0.1 s of cores) and the
+    # last message, whose debt is owed until the next one. Unthrottled, cpu_s ~ elapsed.
+    assert usage.cpu_s >= 0.3
+    assert usage.cpu_s <= cores * elapsed + cores * 0.1 + 0.03 + 0.01
+    assert usage.throttled_s > 0
 
 
 async def test_full_mailbox_fails_or_waits_by_config():

@@ -54,3 +54,45 @@ def test_async_runtime_on_a_running_asyncio_loop():
 def test_sync_runtime_rejects_bad_config_in_the_callers_thread():
     with pytest.raises(symbi.errors.InvalidArgument):
         symbi.sync.Runtime("symbi.toml")  # type: ignore[arg-type]
+
+
+class Ping(symbi.Message):
+    text: str
+
+
+class Echo(symbi.Agent):
+    @symbi.handler
+    async def on_ping(self, msg: Ping, ctx: symbi.Context) -> str:
+        return msg.text.upper()
+
+
+def test_the_blocking_twin_has_the_runtimes_api():
+    seen: list[str] = []
+
+    async def follow(msg: Ping, meta: object) -> None:
+        seen.append(msg.text)
+
+    with symbi.sync.Runtime() as rt:
+        echo = rt.spawn(Echo, name="echo")
+        assert rt.state_of(echo.id) is symbi.AgentState.READY
+        assert rt.request(echo.id, Ping(text="a"), timeout=5) == "A"
+        assert rt.request_many("echo", [Ping(text="b"), Ping(text="c")], timeout=5) == ["B", "C"]
+        assert rt.run_task("echo", Ping(text="d"), timeout=5) == "D"
+        assert rt.run_tasks(echo.id, [Ping(text="e")], timeout=5) == ["E"]
+        assert isinstance(rt.send(Ping(text="f"), to="echo", timeout=5), str)
+        rt.subscribe("news.>", follow)
+        rt.publish("news.today", Ping(text="g"), timeout=5)
+        for _ in range(500):  # delivered on the runtime's loop; poll from this thread
+            if seen:
+                break
+            rt.call(lambda inner: anyio.sleep(0.01))
+        assert seen == ["g"]
+        assert [h.id for h in rt.agents()] == [echo.id]
+        assert rt.usage(echo.id).tasks >= 5
+        assert rt.status().agents["ready"] == 1
+        rt.terminate(echo.id)
+        with pytest.raises(symbi.errors.DeliveryError):
+            rt.request(echo.id, Ping(text="h"), timeout=5)
+        assert rt.dead_letters[-1].recipient == echo.id
+    with pytest.raises(RuntimeStateError):
+        rt.status()
