@@ -1,11 +1,12 @@
 """symbi: run autonomous AI agents securely, in-process.
 
-The public API is what ``__all__`` lists; ``symbi._core`` (the Rust extension) is private.
+The public API is what ``__all__`` lists (its subpackages too: ``symbi.audit``,
+``symbi.policy``, ...); ``symbi._core`` (the Rust extension) is private.
 """
 
 from __future__ import annotations
 
-from . import bus, context, dsl, embed, errors, rag, sync
+from . import audit, bus, context, dsl, embed, errors, policy, rag, scheduler, sync, vector
 from ._core import __version__
 from .agent import Agent, Context, handler
 from .bus import Bus, DeadLetter, SecureMessage, Subscription
@@ -90,6 +91,7 @@ __all__ = [
     "VectorIndex",
     "VectorStore",
     "__version__",
+    "audit",
     "bus",
     "context",
     "dsl",
@@ -97,6 +99,9 @@ __all__ = [
     "errors",
     "handler",
     "parse_size",
+    "policy",
     "rag",
+    "scheduler",
     "sync",
+    "vector",
 ]

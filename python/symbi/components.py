@@ -1,8 +1,8 @@
 """What the runtime composes: components behind one small Protocol, and their health.
 
 A component is started inside the runtime's anyio task group and stopped, in reverse
-order, when the runtime shuts down. Backends (NATS transport, Docker sandbox, Qdrant, ...)
-are components too, so choosing one is a matter of config, not of code in the runtime.
+order, when the runtime shuts down. Backends (the NATS transport, Qdrant, ...) are
+components too, so choosing one is a matter of config, not of code in the runtime.
 """
 
 from __future__ import annotations

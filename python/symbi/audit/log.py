@@ -3,7 +3,7 @@
     async with symbi.Runtime(cfg) as rt:
         ev = await rt.audit.append("agent-1", "data.read", {"table": "patients"}, timeout=5)
         async for ev in rt.audit.stream(agent="agent-1", timeout=10): ...
-        rt.audit.query(type="policy.deny", since=datetime(2025, 1, 1))
+        rt.audit.query(type="policy.denied", since=datetime(2025, 1, 1))
         rt.audit.verify()
 
 **Durability and group commit.** ``append`` returns only after the event is on disk
