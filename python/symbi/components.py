@@ -16,6 +16,8 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
+from .errors import InvalidArgument
+
 __all__ = ["Component", "ComponentHealth", "HealthStatus", "Housekeeper"]
 
 log = logging.getLogger("symbi.runtime")
@@ -64,8 +66,17 @@ class Housekeeper:
     name = "housekeeper"
 
     def __init__(self, interval_s: float) -> None:
-        if not interval_s > 0:
-            raise ValueError("interval_s must be > 0")
+        if (
+            isinstance(interval_s, bool)
+            or not isinstance(interval_s, (int, float))
+            or not (0 < interval_s < float("inf"))
+        ):
+            raise InvalidArgument(
+                "interval_s must be a positive number of seconds",
+                argument="interval_s",
+                expected="> 0",
+                got=interval_s,
+            )
         self.interval_s = interval_s
         self._tasks: dict[str, Task] = {}
         self._failures: dict[str, int] = {}

@@ -52,6 +52,9 @@ def test_rust_length_mismatch_is_typed():
         (lambda: chain_hashes(bytes(32), 0, ["text"]), "payloads[0]"),
         (lambda: chain_link(bytes(32), 0, "text"), "payload"),  # type: ignore[arg-type]
         (lambda: chain_hashes(bytes(32), 2**64 - 1, [b"a", b"b"]), "first_seq"),
+        (lambda: symbi.Housekeeper(0), "interval_s"),
+        (lambda: symbi.Housekeeper(float("nan")), "interval_s"),
+        (lambda: symbi.Housekeeper("5"), "interval_s"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_input_to_public_functions_is_invalid_argument(call, argument):

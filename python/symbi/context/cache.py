@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 import msgspec
 
+from ..errors import InvalidArgument
+
 __all__ = ["ByteLRU", "CacheStats"]
 
 
@@ -28,7 +30,12 @@ class ByteLRU:
 
     def __init__(self, capacity_bytes: int) -> None:
         if isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int):
-            raise TypeError("capacity_bytes must be an int")
+            raise InvalidArgument(
+                "capacity_bytes must be an int",
+                argument="capacity_bytes",
+                expected="int",
+                got=capacity_bytes,
+            )
         self.capacity_bytes = max(0, capacity_bytes)
         self._data: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
