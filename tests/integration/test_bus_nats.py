@@ -1,6 +1,6 @@
 """Two buses — two key rings sharing only public bundles, as two processes would —
 talking through a real nats-server: direct, request/response and pub/sub, then the server
-dies and every call fails with a typed error within its timeout."""
+dies and every call fails with a typed error."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ class Order(symbi.Message):
 
 
 @asynccontextmanager
-async def node(url: str, agents: list[str]) -> AsyncIterator[tuple[Bus, dict[str, list[Any]]]]:
+async def node(
+    url: str, agents: list[str], hold: Optional[anyio.Event] = None
+) -> AsyncIterator[tuple[Bus, dict[str, list[Any]]]]:
+    """A bus with ``agents`` behind the real MailboxDelivery. Their handler doubles an
+    Order's qty, raises for a negative one, and for item "hold" first waits for ``hold``."""
     inbox: dict[str, list[Any]] = {a: [] for a in agents}
     async with anyio.create_task_group() as tg:
         d = MailboxDelivery()
@@ -40,6 +44,8 @@ async def node(url: str, agents: list[str]) -> AsyncIterator[tuple[Bus, dict[str
                 inbox[a].append((msg, sender))
                 if isinstance(msg, Order) and msg.qty < 0:
                     raise ValueError("negative quantity")
+                if hold is not None and isinstance(msg, Order) and msg.item == "hold":
+                    await hold.wait()
                 return Order(item=msg.item, qty=msg.qty * 2)
 
             d.add_agent(a, fn)
@@ -92,45 +98,48 @@ async def test_two_runtimes_exchange_sealed_messages(nats_server: Any) -> None:
         assert b"gear" not in meta.wire
 
 
-async def test_request_timeout_across_nats(nats_server: Any) -> None:
+async def test_request_timeout_across_nats_and_the_late_reply_is_dropped(
+    nats_server: Any,
+) -> None:
+    hold = anyio.Event()
     async with AsyncExitStack() as stack:
         a, _ = await stack.enter_async_context(node(nats_server.url, ["alice"]))
-        b, _ = await stack.enter_async_context(node(nats_server.url, ["bob"]))
-        b.set_local_delivery(_Slow())
-        with pytest.raises(RequestTimeout):
-            await a.request(Order(item="x", qty=1), sender="alice", to="bob", timeout=0.5)
+        b, b_inbox = await stack.enter_async_context(node(nats_server.url, ["bob"], hold))
+        # The handler holds until released, so the timeout alone decides; 2 s leaves room
+        # for the key lookup and the delivery ack on a loaded machine.
+        with anyio.fail_after(10), pytest.raises(RequestTimeout) as ei:
+            await a.request(Order(item="hold", qty=1), sender="alice", to="bob", timeout=2.0)
+        assert ei.value.recipient == "bob" and ei.value.timeout == 2.0
+        assert b_inbox["bob"] == [(Order(item="hold", qty=1), "alice")]
+        assert a.stats.request_timeouts == 1 and a.stats.late_replies == 0
+        hold.set()  # the handler finishes only now, after the requester gave up
+        with anyio.fail_after(10):
+            while a.stats.late_replies < 1:
+                await anyio.sleep(0.01)
+        assert b.stats.replies == 1 and a.stats.late_replies == 1
+        # the late reply was dropped, not handed to a later request
+        reply = await a.request(Order(item="next", qty=2), sender="alice", to="bob", timeout=5)
+        assert reply == Order(item="next", qty=4)
 
 
-class _Slow:
-    async def deliver(
-        self, msg: Any, to: str, *, sender: Optional[str], timeout: float, want_reply: bool
-    ) -> Any:
-        return object()
-
-    async def wait_reply(self, handle: Any, *, recipient: str, timeout: float) -> Any:
-        await anyio.sleep(min(timeout, 1.0))
-        raise RequestTimeout("slow", recipient=recipient, timeout=timeout)
-
-
-async def test_killing_the_server_fails_fast_with_typed_errors(nats_server: Any) -> None:
+async def test_killing_the_server_fails_every_call_with_typed_errors(nats_server: Any) -> None:
     async with AsyncExitStack() as stack:
         a, _ = await stack.enter_async_context(node(nats_server.url, ["alice"]))
         _b, b_inbox = await stack.enter_async_context(node(nats_server.url, ["bob"]))
         await a.send(Order(item="before", qty=1), sender="alice", to="bob", timeout=5)
         assert len(b_inbox["bob"]) == 1
         nats_server.kill()
-        start = anyio.current_time()
-        with pytest.raises(DeliveryError) as ei:
+        # fail_after only catches a hang; each call is bounded by its own timeout
+        with anyio.fail_after(10), pytest.raises(DeliveryError) as ei:
             await a.send(Order(item="after", qty=1), sender="alice", to="bob", timeout=1.0)
-        assert anyio.current_time() - start < 2.0
-        assert ei.value.recipient == "bob"
-        assert a.dead_letters and a.dead_letters[-1].recipient == "bob"
-        start = anyio.current_time()
-        with pytest.raises((DeliveryError, RequestTimeout)):
+        assert ei.value.recipient == "bob" and ei.value.message_id
+        dead = a.dead_letters[-1]
+        assert dead.recipient == "bob" and dead.id == ei.value.message_id
+        with anyio.fail_after(10), pytest.raises(DeliveryError) as ei:
             await a.request(Order(item="after", qty=1), sender="alice", to="bob", timeout=1.0)
-        with pytest.raises(DeliveryError):
+        assert ei.value.recipient == "bob"
+        with anyio.fail_after(10), pytest.raises(DeliveryError):
             await a.publish("orders.x", Order(item="after", qty=1), sender="alice", timeout=1.0)
-        assert anyio.current_time() - start < 3.0
         assert a.health().status == "down"
         assert len(b_inbox["bob"]) == 1
 

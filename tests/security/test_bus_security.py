@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import symbi
 from symbi.bus import Bus, InProcTransport, MailboxDelivery, SecureMessage
-from symbi.errors import DecryptError, ReplayError, SignatureError, SymbiError
+from symbi.errors import DecryptError, DeliveryError, ReplayError, SignatureError, SymbiError
 
 SECRET = "TOP-SECRET-launch-codes-0451"
 
@@ -129,14 +129,26 @@ async def test_plaintext_never_crosses_the_wire() -> None:
 
 
 @pytestmark_anyio
-@pytest.mark.parametrize("at", [0, 10, 40, 90, -70, -3])
-async def test_tampered_envelope_in_transit_is_rejected_and_audited(at: int) -> None:
+@pytest.mark.parametrize(
+    ("at", "error", "reason"),
+    [
+        (0, SignatureError, "signature"),  # magic: malformed
+        (10, SignatureError, "signature"),  # id
+        (40, DecryptError, "decrypt"),  # inside "bob": addressed to someone else
+        (90, SignatureError, "signature"),  # content type
+        (-70, SignatureError, "signature"),  # ciphertext
+        (-3, SignatureError, "signature"),  # signature
+    ],
+)
+async def test_tampered_envelope_in_transit_is_rejected_and_audited(
+    at: int, error: type[SymbiError], reason: str
+) -> None:
     sink = ListSink()
     async with world(Tampering(at), sink) as (bus, inbox):
-        with pytest.raises((SignatureError, DecryptError, ReplayError)):
+        with pytest.raises(error):
             await bus.send(Note(text="x"), sender="alice", to="bob", timeout=1)
         assert inbox["bob"] == []
-        assert sink.rejected() and bus.stats.rejected >= 1
+        assert sink.rejected() == [reason] and bus.stats.rejected == 1
 
 
 async def _capture(**kw: Any) -> tuple[Bus, ListSink, bytes]:
@@ -188,38 +200,110 @@ async def test_a_direct_replay_through_the_transport_takes_no_effect() -> None:
         assert bus.stats.duplicates == 1
 
 
-# A module-level capture for hypothesis (a fresh bus per example would be slow).
-_STATE: dict[str, Any] = {}
+# Envelopes bob has never opened, for the byte-flipping properties: alice seals them for
+# bob while bob's runtime is offline, so a flip can never pass as a replay of an accepted
+# original. Each example takes a fresh one; refills are made in batches (a bus per example
+# would be slow).
+_POOLS: dict[bool, list[tuple[Bus, ListSink, bytes]]] = {True: [], False: []}
 
 
-def _state() -> tuple[Bus, ListSink, bytes]:
-    if not _STATE:
-        _STATE["v"] = anyio.run(_capture)
-    return _STATE["v"]  # type: ignore[no-any-return]
+async def _seal_for_offline_bob(n: int, *, batch: bool) -> tuple[Bus, ListSink, list[bytes]]:
+    """Bob's bus (never started: bob is offline) and ``n`` envelopes alice sealed for bob:
+    concurrent sends share one batch signature, sequential ones are signed alone. The first
+    is opened to show bob can open them (for a batch, later siblings are then checked
+    against the verified proof); the rest bob has never seen."""
+    t = InProcTransport()
+    sink = ListSink()
+    bob = Bus(transport=t, audit=sink)
+    bob.register_agent("bob")
+    alice = Bus(transport=t, retry_attempts=1)
+    alice.register_agent("alice")
+    alice.add_peer("bob", bob.bundle("bob"))
+    bob.add_peer("alice", alice.bundle("alice"))
+    envs: list[bytes] = []
+    alice.add_wiretap(envs.append)
+
+    async def one(i: int) -> None:
+        with pytest.raises(DeliveryError):  # nobody answers for bob
+            await alice.send(Note(text=f"{i:03d}"), sender="alice", to="bob", timeout=2)
+
+    async with alice:
+        if batch:
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(one, i)
+        else:
+            for i in range(n):
+                await one(i)
+    # Equal lengths keep hypothesis's byte range the same across refills.
+    assert len(envs) == n and len({len(e) for e in envs}) == 1
+    assert all((SecureMessage.from_wire(e).batch is not None) == batch for e in envs)
+    msg, meta = await bob.open(envs[0], recipient="bob")
+    assert msg in [Note(text=f"{i:03d}") for i in range(n)] and meta.sender == "alice"
+    assert sink.rejected() == []
+    return bob, sink, envs[1:]
+
+
+def _fresh_envelope(*, batch: bool) -> tuple[Bus, ListSink, bytes]:
+    pool = _POOLS[batch]
+    if not pool:
+        # 16 fills a Merkle tree, so every batch proof (and envelope) has the same length.
+        n = 16 if batch else 40
+        bob, sink, envs = anyio.run(lambda: _seal_for_offline_bob(n, batch=batch))
+        pool.extend((bob, sink, e) for e in envs)
+    return pool.pop()
+
+
+def _offline_bob() -> Bus:
+    if not _POOLS[False]:
+        _POOLS[False].append(_fresh_envelope(batch=False))
+    return _POOLS[False][-1][0]
+
+
+def _expected_rejection(env: bytes, i: int) -> tuple[type[SymbiError], ...]:
+    """A flip in the recipient field (its length or name) may readdress the envelope,
+    which is refused before the signature check (DecryptError); any other flip must fail
+    the signature check or parsing (SignatureError)."""
+    meta = SecureMessage.from_wire(env)
+    # magic, version, kind, id, timestamp, sender length, sender (envelope.rs)
+    start = 4 + 1 + 1 + 16 + 8 + 1 + len(meta.sender.encode())
+    end = start + 2 + len(meta.recipient.encode())
+    return (SignatureError, DecryptError) if start <= i < end else (SignatureError,)
+
+
+def _flip_is_rejected(data: st.DataObject, *, batch: bool) -> None:
+    bus, sink, env = _fresh_envelope(batch=batch)
+    i = data.draw(st.integers(0, len(env) - 1), label="byte")
+    bad = bytearray(env)
+    bad[i] ^= data.draw(st.integers(1, 255), label="xor")
+    before = len(sink.rejected())
+    expected = _expected_rejection(env, i)
+
+    async def attempt() -> None:
+        with pytest.raises(expected) as ei:
+            await bus.open(bytes(bad), recipient="bob")
+        reason = "signature" if type(ei.value) is SignatureError else "decrypt"
+        assert sink.rejected()[before:] == [reason]
+
+    anyio.run(attempt)
 
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_flipping_any_byte_is_rejected(data: st.DataObject) -> None:
-    bus, sink, env = _state()
-    i = data.draw(st.integers(0, len(env) - 1), label="byte")
-    mask = data.draw(st.integers(1, 255), label="xor")
-    bad = bytearray(env)
-    bad[i] ^= mask
-    before = len(sink.rejected())
+    _flip_is_rejected(data, batch=False)
 
-    async def attempt() -> None:
-        with pytest.raises((SignatureError, DecryptError, ReplayError)):
-            await bus.open(bytes(bad), recipient="bob")
 
-    anyio.run(attempt)
-    assert len(sink.rejected()) == before + 1
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_flipping_any_byte_of_a_batch_signed_envelope_is_rejected(data: st.DataObject) -> None:
+    _flip_is_rejected(data, batch=True)
 
 
 @settings(max_examples=100, deadline=None)
 @given(junk=st.binary(max_size=400))
 def test_garbage_is_rejected_cleanly(junk: bytes) -> None:
-    bus, _sink, _env = _state()
+    bus = _offline_bob()
 
     async def attempt() -> None:
         with pytest.raises(SymbiError):
@@ -228,40 +312,3 @@ def test_garbage_is_rejected_cleanly(junk: bytes) -> None:
     anyio.run(attempt)
     with pytest.raises(SignatureError):
         SecureMessage.from_wire(b"SYM1" + junk[:3])
-
-
-async def _capture_batch() -> tuple[Bus, ListSink, list[bytes]]:
-    """Envelopes of one batch signature (concurrent sends), all accepted by bob."""
-    t = Recording()
-    sink = ListSink()
-    async with world(t, sink) as (bus, _inbox), anyio.create_task_group() as tg:
-        for i in range(9):
-            tg.start_soon(
-                lambda i=i: bus.send(Note(text=str(i)), sender="alice", to="bob", timeout=2)
-            )
-    envs = [d for s, d in t.wire if s.startswith("symbi.agent.")]
-    assert all(SecureMessage.from_wire(e).batch is not None for e in envs)
-    return bus, sink, envs
-
-
-_BATCH: dict[str, Any] = {}
-
-
-@settings(max_examples=300, deadline=None)
-@given(data=st.data())
-def test_flipping_any_byte_of_a_batch_signed_envelope_is_rejected(data: st.DataObject) -> None:
-    if not _BATCH:
-        _BATCH["v"] = anyio.run(_capture_batch)
-    bus, sink, envs = _BATCH["v"]
-    env = data.draw(st.sampled_from(envs), label="envelope")
-    i = data.draw(st.integers(0, len(env) - 1), label="byte")
-    bad = bytearray(env)
-    bad[i] ^= data.draw(st.integers(1, 255), label="xor")
-    before = len(sink.rejected())
-
-    async def attempt() -> None:
-        with pytest.raises((SignatureError, DecryptError, ReplayError)):
-            await bus.open(bytes(bad), recipient="bob")
-
-    anyio.run(attempt)
-    assert len(sink.rejected()) == before + 1

@@ -100,7 +100,9 @@ async def test_concurrent_appends_share_batches(tmp_path: Path) -> None:
         async with anyio.create_task_group() as tg:
             for i in range(50):
                 tg.start_soon(worker, i)
-        assert log._batches < 1000  # group commit: far fewer fsyncs than events
+        # Group commit: the 50 appenders' events of a round share one batch (20 rounds,
+        # set by the event loop's order, not by timing); allow rounds split in two and more.
+        assert log._batches <= 50
         rep = log.verify()
     assert rep.events == 1000 and rep.checkpoints >= 1000 // 64
     seqs = [e.sequence for e in query_dir(tmp_path)]

@@ -3,6 +3,11 @@ cache bound, visibility of writes, and bad input."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -236,17 +241,75 @@ async def test_persistence_after_reopen(tmp_path: Path):
         assert await cm.forget("a", lt) is False
 
 
-async def test_index_is_rebuilt_when_it_missed_writes(tmp_path: Path):
-    cm = ContextManager(path=tmp_path, dim=64)
+# Stores one item, saves the index (housekeep), then keeps storing until it is killed,
+# printing "<id>\t<content>" once each write has returned.
+CRASH_WRITER = r"""
+import sys, anyio
+from symbi.context import ContextManager
+
+async def main(path):
+    cm = ContextManager(path=path, dim=64)
     await cm.open()
-    await cm.store_context("a", "flushed item alpha")
+    text = "flushed item alpha"
+    print(await cm.store_context("a", text), text, sep="\t", flush=True)
     await cm.housekeep()  # saves the index with the current epoch
-    lost = await cm.store_context("a", "unflushed item beta")
-    # Simulate a crash: the process dies without stop(), so the index lacks `lost`.
-    cm._store._db.close()  # type: ignore[union-attr]
-    async with ContextManager(path=tmp_path, dim=64) as cm2:
-        assert (await cm2.stats()).rebuilt_index
-        assert (await cm2.retrieve_context("a", "beta item", k=1))[0].id == lost
+    i = 0
+    while True:
+        text = f"unflushed item beta {i}"
+        print(await cm.store_context("a", text), text, sep="\t", flush=True)
+        i += 1
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+def _write_then_kill_9(path: Path, acks: int) -> dict[str, str]:
+    """Run CRASH_WRITER until it acknowledged ``acks`` writes, SIGKILL it mid-stream, and
+    return every acknowledged {id: content}."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASH_WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    watchdog = threading.Timer(120, proc.kill)  # a hung writer fails the test, not hangs it
+    watchdog.start()
+    acked: dict[str, str] = {}
+
+    def take(line: str) -> None:
+        if line.endswith("\n"):
+            cid, text = line[:-1].split("\t")
+            acked[cid] = text
+
+    try:
+        assert proc.stdout is not None
+        while len(acked) < acks:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            take(line)
+        os.kill(proc.pid, signal.SIGKILL)
+        for line in proc.stdout.read().splitlines(keepends=True):
+            take(line)  # acknowledged before the kill landed
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    return acked
+
+
+async def test_index_is_rebuilt_after_a_crash_lost_its_unsaved_writes(tmp_path: Path):
+    acked = _write_then_kill_9(tmp_path, 30)
+    assert len(acked) >= 30, f"the writer acknowledged only {len(acked)} writes"
+    async with ContextManager(path=tmp_path, dim=64) as cm:
+        st = await cm.stats()
+        # The saved index predates the writes after housekeep(): rebuilt from SQLite.
+        assert st.rebuilt_index
+        assert len(acked) <= st.long_term <= len(acked) + 1  # + the write in flight
+        found = {x.id: x.content for x in await cm.retrieve_context("a", "item", k=1000)}
+        assert acked.items() <= found.items()
+        last = list(acked)[-1]
+        assert (await cm.retrieve_context("a", acked[last], k=1))[0].id == last
 
 
 async def test_cache_is_bounded_in_bytes():
