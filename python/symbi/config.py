@@ -11,11 +11,12 @@ Environment overrides, strongest last:
   ``SYMBI_RUNTIME__MAX_CONCURRENT_AGENTS=500``. Values are read as TOML literals
   (``true``, ``30``, ``"x"``); anything that is not one is taken as a plain string.
 * Named shortcuts: ``SYMBI_LOG_LEVEL``, ``SYMBI_RUNTIME_MODE``, ``SYMBI_CRYPTO_PROVIDER``,
-  ``SYMBI_AUDIT_STORAGE``, ``QDRANT_URL`` and ``MCP_SERVER_DISCOVERY``.
+  ``SYMBI_AUDIT_STORAGE``, ``SYMBI_NATS_URL``, ``QDRANT_URL`` and ``MCP_SERVER_DISCOVERY``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -28,7 +29,7 @@ import msgspec
 from msgspec import Meta
 from typing_extensions import Annotated
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidArgument
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,32 +62,66 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 
 
 def parse_size(value: Union[int, str]) -> int:
-    """Bytes in a size such as ``"1GB"`` (10**9), ``"512MiB"`` (2**29) or ``4096``."""
-    if isinstance(value, bool):
-        raise ValueError("a size must be a number of bytes or a string such as '1GB'")
+    """Bytes in a size such as ``"1GB"`` (10**9), ``"512MiB"`` (2**29) or ``4096``.
+    Raises InvalidArgument (a ValueError too) for anything else."""
+
+    def bad(detail: str) -> InvalidArgument:
+        return InvalidArgument(detail, argument="size", expected="int >= 0 | '1GB'", got=value)
+
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise bad("a size must be a number of bytes or a string such as '1GB'")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"a size cannot be negative, got {value}")
+            raise bad(f"a size cannot be negative, got {value}")
         return value
     m = _SIZE_RE.match(value)
     unit = m.group(2).upper() if m else ""
     if not m or unit not in _UNITS:
-        raise ValueError(
+        raise bad(
             f"cannot read size {value!r}: use a number with an optional unit "
             "B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)"
         )
     return int(float(m.group(1)) * _UNITS[unit])
 
 
+def _invalid(key: str, detail: str) -> ConfigError:
+    return ConfigError(f"invalid config key {key!r}: {detail}", key=key, expected=detail)
+
+
+@functools.cache
+def _field_types(cls: type[msgspec.Struct]) -> tuple[tuple[str, Any], ...]:
+    return tuple((f.name, f.type) for f in msgspec.structs.fields(cls))
+
+
 class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    pass
+    def __post_init__(self) -> None:
+        # msgspec checks types and Meta constraints only when decoding; re-check each
+        # field against its annotation so direct construction and replace() obey the same
+        # rules as loading. Decoding gets here with the fields already valid.
+        name = _SECTION_NAMES[type(self)]
+        for field, typ in _field_types(type(self)):
+            value = getattr(self, field)
+            try:
+                msgspec.convert(value, typ, strict=True)
+            except msgspec.ValidationError as e:
+                detail = str(e)
+                if detail.startswith("Invalid enum value"):
+                    detail += f"; expected one of {_choices(name, field)}"
+                elif "got" not in detail:
+                    detail += f", got {value!r}"
+                raise _invalid(f"{name}.{field}", detail) from None
+        self._check(name)
+
+    def _check(self, name: str) -> None:
+        """Rules across fields or beyond what a type annotation can say."""
 
 
 class RuntimeConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """``[runtime]``: capacity and housekeeping of the in-process runtime."""
 
     max_concurrent_agents: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
-    #: Rust worker threads for scheduling; 0 means one per CPU core.
+    #: Worker slots the Rust scheduler places tasks onto (handlers all run on the event
+    #: loop; a slot bounds how many agents run at once); 0 means one per CPU core.
     scheduler_threads: Annotated[int, Meta(ge=0, le=1024)] = 0
     #: Capacity of each agent's mailbox, in messages.
     message_buffer_size: Annotated[int, Meta(ge=1, le=16_777_216)] = 1024
@@ -129,9 +164,9 @@ class SecurityConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=
     #: still needs a policy of yours. Off: start from deny-all.
     baseline_policy: bool = True
 
-    def __post_init__(self) -> None:
+    def _check(self, name: str) -> None:
         if self.audit_storage is not None and not self.audit_storage.strip():
-            raise ValueError("`audit_storage`: must be a directory path, or left unset")
+            raise _invalid(f"{name}.audit_storage", "must be a directory path, or left unset")
 
 
 class ContextConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -147,15 +182,16 @@ class ContextConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=T
     #: agent memory in this process only.
     storage_path: Optional[str] = None
 
-    def __post_init__(self) -> None:
+    def _check(self, name: str) -> None:
         try:
             parse_size(self.context_cache_size)
         except ValueError as e:
-            raise ValueError(f"`context_cache_size`: {e}") from None
+            raise _invalid(f"{name}.context_cache_size", str(e)) from None
         url = self.vector_db_url
         if url is not None and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://\S+$", url):
-            raise ValueError(
-                f"`vector_db_url`: must be a URL such as http://localhost:6333, got {url!r}"
+            raise _invalid(
+                f"{name}.vector_db_url",
+                f"must be a URL such as http://localhost:6333, got {url!r}",
             )
 
     @property
@@ -194,11 +230,11 @@ class BusConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True)
     #: Upper bound for one topic handler call, and how long a reply may come late.
     handler_timeout_s: Annotated[float, Meta(gt=0, le=86_400)] = 30.0
 
-    def __post_init__(self) -> None:
+    def _check(self, name: str) -> None:
         url = self.nats_url
         if url is not None and not re.match(r"^(nats|tls|ws|wss)://\S+$", url):
-            raise ValueError(
-                f"`nats_url`: must be a URL such as nats://127.0.0.1:4222, got {url!r}"
+            raise _invalid(
+                f"{name}.nats_url", f"must be a URL such as nats://127.0.0.1:4222, got {url!r}"
             )
 
 
@@ -226,7 +262,6 @@ _NORMALIZE: dict[tuple[str, str], Callable[[str], str]] = {
     ("bus", "rate_limit_mode"): lambda v: v.lower(),
 }
 _AT_RE = re.compile(r"^(?P<detail>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-_FIELD_RE = re.compile(r"^`(?P<field>[\w.]+)`: (?P<detail>.*)$", re.S)
 _UNKNOWN_RE = re.compile(r"unknown field `(?P<field>[^`]+)`")
 
 
@@ -240,10 +275,15 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
 
     def __post_init__(self) -> None:
+        for name, typ in _SECTIONS.items():
+            value = getattr(self, name)
+            if not isinstance(value, typ):
+                raise _invalid(name, f"expected a symbi.{typ.__name__}, got {type(value).__name__}")
         if self.runtime.mode == "distributed" and self.bus.nats_url is None:
-            raise ValueError(
-                "`runtime.mode`: 'distributed' needs [bus] nats_url (or SYMBI_NATS_URL), "
-                "e.g. nats://127.0.0.1:4222"
+            raise _invalid(
+                "runtime.mode",
+                "'distributed' needs [bus] nats_url (or SYMBI_NATS_URL), "
+                "e.g. nats://127.0.0.1:4222",
             )
 
     # ----------------------------------------------------------------- loading
@@ -323,6 +363,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
             return msgspec.convert(raw, cls, strict=True)
         except msgspec.ValidationError as e:
             raise _config_error(str(e), source, origin) from None
+        except ConfigError as e:  # from a __post_init__: add where the value came from
+            section, _, key = (e.key or "").partition(".")
+            where = origin.get((section, key), source)
+            raise ConfigError(
+                f"{where}: {e}", source=where, key=e.key, expected=e.expected
+            ) from None
 
     # ---------------------------------------------------------------- output
     def to_dict(self) -> dict[str, Any]:
@@ -343,7 +389,15 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
         return "\n".join(lines) + "\n"
 
     def replace(self, **sections: Any) -> Config:
-        """A copy with whole sections replaced, e.g. ``cfg.replace(runtime=RuntimeConfig(...))``."""
+        """A copy with whole sections replaced, e.g. ``cfg.replace(runtime=RuntimeConfig(...))``.
+        Validated like a loaded config: raises ConfigError."""
+        unknown = sorted(set(sections) - set(_SECTIONS))
+        if unknown:
+            raise ConfigError(
+                f"unknown config section {unknown[0]!r}; the sections are {sorted(_SECTIONS)}",
+                key=unknown[0],
+                expected=f"a section in {sorted(_SECTIONS)}",
+            )
         return msgspec.structs.replace(self, **sections)
 
 
@@ -416,13 +470,6 @@ def _config_error(text: str, source: str, origin: Mapping[tuple[str, str], str])
             if len(parts) == 2
             else f"unknown section; the sections are {sorted(Config.__struct_fields__)}"
         )
-    field = _FIELD_RE.match(detail)
-    if field and len(parts) == 1:  # raised by a section's __post_init__
-        parts.append(field.group("field"))
-        detail = field.group("detail")
-    elif field and not parts and "." in field.group("field"):  # Config.__post_init__
-        parts = field.group("field").split(".")
-        detail = field.group("detail")
     if detail.startswith("Invalid enum value") and len(parts) == 2:
         choices = _choices(parts[0], parts[1])
         if choices:
@@ -444,6 +491,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "mcp": McpConfig,
     "bus": BusConfig,
 }
+_SECTION_NAMES = {typ: name for name, typ in _SECTIONS.items()}
 
 
 def _section_fields(section: str) -> tuple[str, ...]:

@@ -28,18 +28,22 @@ def test_bm25_scores_are_nonnegative_and_only_for_matching_docs(docs, query):
     assert [s for _, s in top] == sorted((s for _, s in top), reverse=True)
 
 
-@given(DOCS, WORDS)
-def test_bm25_more_occurrences_never_score_lower(docs, word):
-    """Adding one more occurrence of the query term to a doc (same length otherwise
-    padded) never lowers its score relative to a copy without it."""
+@given(DOCS, WORDS, st.integers(0, 10), st.lists(WORDS, min_size=1, max_size=12))
+def test_bm25_more_occurrences_score_higher_at_equal_length(docs, word, k, filler):
+    """Of two equal-length docs in one index, the one with k + 1 occurrences of the query
+    term scores strictly higher than the one with k: idf > 0 and tf / (tf + c) rises."""
     idx = BM25Index()
     for i, d in enumerate(docs):
         idx.add(i, d)
-    base = [w for w in docs[0] if w != word] + ["filler"]
-    idx.add(100, base)
-    idx.add(101, [*base[:-1], word])
+    pad = ["pad" if w == word else w for w in filler]
+    fewer, more = [word] * k + pad, [word] * (k + 1) + pad[1:]
+    assert len(fewer) == len(more)
+    idx.add(1000, fewer)
+    idx.add(1001, more)
     s = idx.scores([word])
-    assert s.get(101, 0.0) >= s.get(100, 0.0)
+    assert s[1001] > s.get(1000, 0.0)
+    if k:
+        assert s[1000] > 0
 
 
 @given(st.lists(RANKING, min_size=1, max_size=4))

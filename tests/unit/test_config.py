@@ -4,6 +4,7 @@ import msgspec
 import pytest
 
 from symbi import Config, RuntimeConfig, parse_size
+from symbi.config import BusConfig, ContextConfig, McpConfig, SecurityConfig
 from symbi.errors import ConfigError
 
 # The configuration shown in Symbiont's README, which users will bring along.
@@ -167,13 +168,76 @@ def test_effective_config_round_trips_through_toml():
     assert again == cfg
 
 
-def test_config_is_immutable_and_replace_validates_nothing_silently():
+def test_config_is_immutable_and_replace_keeps_the_original():
     cfg = Config()
     with pytest.raises(AttributeError):
         cfg.runtime = RuntimeConfig()  # type: ignore[misc]
     changed = cfg.replace(runtime=RuntimeConfig(max_concurrent_agents=5))
     assert changed.runtime.max_concurrent_agents == 5
     assert cfg.runtime.max_concurrent_agents == 10_000
+    both = cfg.replace(
+        runtime=RuntimeConfig(mode="distributed"), bus=BusConfig(nats_url="nats://h:1")
+    )
+    assert (both.runtime.mode, both.bus.nats_url) == ("distributed", "nats://h:1")
+
+
+# Values the loader refuses must be refused when a section is built in code, too.
+BAD_SECTIONS = [
+    (RuntimeConfig, {"max_concurrent_agents": -5}, "runtime.max_concurrent_agents", ">= 1"),
+    (RuntimeConfig, {"max_concurrent_agents": 0}, "runtime.max_concurrent_agents", ">= 1"),
+    (RuntimeConfig, {"message_buffer_size": 0}, "runtime.message_buffer_size", ">= 1"),
+    (RuntimeConfig, {"gc_interval_ms": 1}, "runtime.gc_interval_ms", ">= 10"),
+    (RuntimeConfig, {"shutdown_grace_s": -1.0}, "runtime.shutdown_grace_s", ">= 0"),
+    (RuntimeConfig, {"aging_s": 0.0}, "runtime.aging_s", "> 0"),
+    (RuntimeConfig, {"max_concurrent_agents": "many"}, "runtime.max_concurrent_agents", "int"),
+    (RuntimeConfig, {"mode": "cluster"}, "runtime.mode", "embedded"),
+    (ContextConfig, {"embedding_dimension": 0}, "context.embedding_dimension", ">= 1"),
+    (ContextConfig, {"context_cache_size": "1XB"}, "context.context_cache_size", "GiB"),
+    (ContextConfig, {"vector_db_url": "not a url"}, "context.vector_db_url", "URL"),
+    (McpConfig, {"connection_timeout_s": 0}, "mcp.connection_timeout_s", "> 0"),
+    (McpConfig, {"max_concurrent_connections": -1}, "mcp.max_concurrent_connections", ">= 1"),
+    (BusConfig, {"retry_attempts": 0}, "bus.retry_attempts", ">= 1"),
+    (BusConfig, {"rate_limit": -2.0}, "bus.rate_limit", "> 0"),
+    (BusConfig, {"max_message_bytes": 8}, "bus.max_message_bytes", ">= 64"),
+    (SecurityConfig, {"audit_storage": "  "}, "security.audit_storage", "directory"),
+]
+
+
+@pytest.mark.parametrize(("section", "kwargs", "key", "fragment"), BAD_SECTIONS)
+def test_sections_built_in_code_reject_what_loading_rejects(
+    tmp_path, section, kwargs, key, fragment
+):
+    with pytest.raises(ConfigError) as built:
+        section(**kwargs)
+    assert built.value.key == key
+    assert fragment.lower() in (built.value.expected or "").lower()
+    # The loader refuses the same value under the same key.
+    with pytest.raises(ConfigError) as loaded:
+        Config.from_dict({key.split(".")[0]: kwargs}, source="cfg.toml")
+    assert (loaded.value.key, loaded.value.source) == (key, "cfg.toml")
+
+
+def test_replace_rejects_invalid_sections():
+    cfg = Config()
+    with pytest.raises(ConfigError) as ei:
+        cfg.replace(runtime=RuntimeConfig(max_concurrent_agents=-5))
+    assert ei.value.key == "runtime.max_concurrent_agents"
+    with pytest.raises(ConfigError) as ei:
+        cfg.replace(runtime=RuntimeConfig(mode="distributed"))  # no [bus] nats_url
+    assert ei.value.key == "runtime.mode"
+    with pytest.raises(ConfigError) as ei:
+        cfg.replace(runtime={"max_concurrent_agents": -5})
+    assert ei.value.key == "runtime"
+    with pytest.raises(ConfigError) as ei:
+        cfg.replace(sandbox=RuntimeConfig())
+    assert ei.value.key == "sandbox"
+    with pytest.raises(ConfigError):
+        Config(bus=None)  # type: ignore[arg-type]
+    # Deriving a bad section from a good one with msgspec is checked as well.
+    with pytest.raises(ConfigError) as ei:
+        msgspec.structs.replace(cfg.runtime, gc_interval_ms=0)
+    assert ei.value.key == "runtime.gc_interval_ms"
+    assert cfg == Config()
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import symbi
 from symbi import dsl
 from symbi.cli.main import main
 from symbi.errors import InvalidArgument, ParseError
-from symbi.policy import Policy
+from symbi.policy import AllowWithConditions, Condition, Deny, Policy, Principal
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples" / "agents").glob("*.symbi"))
@@ -300,8 +300,17 @@ def test_embedded_policies_decide_in_the_engine() -> None:
     engine = symbi.PolicyEngine()
     for p in a.policies:
         engine.register(p)
-    req = symbi.PolicyRequest(principal="x", action="delete", resource="r")
-    assert not engine.evaluate(req).allowed
+    # An enforcing engine denies unmatched actions anyway; the decision must come from guard.
+    d = engine.evaluate(symbi.PolicyRequest(principal="x", action="delete", resource="r"))
+    assert isinstance(d, Deny)
+    assert d.policy == "guard"
+    cleared = Principal(id="x", attrs={"clearance": 3})
+    d = engine.evaluate(symbi.PolicyRequest(principal=cleared, action="read", resource="r"))
+    assert d == AllowWithConditions([Condition("require", "encryption", "aes256", "guard")])
+    uncleared = Principal(id="x", attrs={"clearance": 1})
+    d = engine.evaluate(symbi.PolicyRequest(principal=uncleared, action="read", resource="r"))
+    assert isinstance(d, Deny)
+    assert d.policy is None
 
 
 LENIENT = """agent ops(action: String) -> Result {

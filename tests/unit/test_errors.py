@@ -55,6 +55,9 @@ def test_rust_length_mismatch_is_typed():
         (lambda: symbi.Housekeeper(0), "interval_s"),
         (lambda: symbi.Housekeeper(float("nan")), "interval_s"),
         (lambda: symbi.Housekeeper("5"), "interval_s"),  # type: ignore[arg-type]
+        (lambda: symbi.parse_size(None), "size"),  # type: ignore[arg-type]
+        (lambda: symbi.parse_size("12 furlongs"), "size"),
+        (lambda: symbi.parse_size(-1), "size"),
     ],
 )
 def test_bad_input_to_public_functions_is_invalid_argument(call, argument):

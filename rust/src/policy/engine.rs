@@ -492,6 +492,92 @@ mod tests {
         assert!(!e.evaluate(&req("ops", "anything", "r")).allowed());
     }
 
+    const SET_A: &str = r#"
+        policy a1 { allow: [read, list] require: { set: "A", part: 1 } }
+        policy a2 { allow: read require: { set: "A", part: 2 } deny: write }
+        policy a3 { deny: delete }"#;
+    const SET_B: &str = r#"
+        policy b1 { allow: [write, delete] require: { set: "B", part: 1 } }
+        policy b2 { allow: write audit: { set: "B", part: 2 } deny: read }
+        policy b3 { deny: list }"#;
+
+    #[test]
+    fn reload_is_atomic_for_concurrent_deciders() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+        const READERS: usize = 3;
+        const RELOADS: usize = 500;
+        let set_a = parse_policies(SET_A, "a").unwrap();
+        let set_b = parse_policies(SET_B, "b").unwrap();
+        let reqs: Vec<Request> = ["read", "write", "delete", "list", "other"]
+            .iter()
+            .map(|a| req("x", a, "r"))
+            .collect();
+        let batch: Vec<Result<Request>> = reqs.iter().cloned().map(Ok).collect();
+        // What each whole set decides, from engines that only ever held that set.
+        let exp_a = engine(SET_A, true).evaluate_batch(&batch);
+        let exp_b = engine(SET_B, true).evaluate_batch(&batch);
+        let exp_none = Engine::new(true).evaluate_batch(&batch);
+        // Every request but `other` tells the sets (and a half-built set) apart.
+        for i in 0..4 {
+            assert_ne!(exp_a[i], exp_b[i]);
+            assert_ne!(exp_a[i], exp_none[i]);
+            assert_ne!(exp_b[i], exp_none[i]);
+        }
+
+        let e = Engine::new(true);
+        e.reload(set_a.clone()).unwrap();
+        let done = AtomicBool::new(false);
+        let rounds = AtomicUsize::new(0);
+        let seen = [AtomicUsize::new(0), AtomicUsize::new(0)];
+        let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..READERS {
+                s.spawn(|| {
+                    // Never panics, so the writer below can always make progress.
+                    while !done.load(SeqCst) {
+                        let out = e.snapshot().decide_batch(&batch);
+                        if out == exp_a {
+                            seen[0].fetch_add(1, SeqCst);
+                        } else if out == exp_b {
+                            seen[1].fetch_add(1, SeqCst);
+                        } else {
+                            errors.lock().unwrap().push(format!("batch: {out:?}"));
+                        }
+                        for (i, r) in reqs.iter().enumerate() {
+                            let d = e.evaluate(r);
+                            if d != exp_a[i] && d != exp_b[i] {
+                                errors.lock().unwrap().push(format!("request {i}: {d:?}"));
+                            }
+                        }
+                        rounds.fetch_add(1, SeqCst);
+                    }
+                });
+            }
+            s.spawn(|| {
+                for k in 0..RELOADS {
+                    let next = if k % 2 == 0 { &set_b } else { &set_a };
+                    e.reload(next.clone()).unwrap();
+                    // At most READERS rounds were under way at the swap, so one more
+                    // round began after it: every set is decided on at least once.
+                    let start = rounds.load(SeqCst);
+                    while rounds.load(SeqCst) <= start + READERS {
+                        std::thread::yield_now();
+                    }
+                }
+                done.store(true, SeqCst);
+            });
+        });
+        let errors = errors.into_inner().unwrap();
+        assert!(
+            errors.is_empty(),
+            "{} mixed decisions, first: {}",
+            errors.len(),
+            errors[0]
+        );
+        assert!(seen[0].load(SeqCst) > 0 && seen[1].load(SeqCst) > 0);
+    }
+
     #[test]
     fn batch_matches_single() {
         let e = engine(
