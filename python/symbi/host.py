@@ -27,8 +27,8 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Iterable
-from contextlib import nullcontext, suppress
+from collections.abc import Awaitable, Iterable, Mapping
+from contextlib import suppress
 from typing import Any, Callable, Literal, Optional, Protocol, Union
 
 import anyio
@@ -245,6 +245,25 @@ def _priority(value: Any) -> Priority:
     )
 
 
+def _strings(name: str, value: Any, what: str) -> list[str]:
+    """One str (a single item, not its characters) or an iterable of non-empty strs."""
+    if isinstance(value, str):
+        items: list[Any] = [value]
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            items = [value]
+    if not all(isinstance(v, str) and v for v in items):
+        raise InvalidArgument(
+            f"{name} must be {what}: one non-empty string or an iterable of them, got {value!r}",
+            argument=name,
+            expected="str | iterable of str",
+            got=value,
+        )
+    return items
+
+
 def _timeout(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise InvalidArgument(
@@ -367,22 +386,8 @@ class AgentHost:
             raise RuntimeStateError("spawn needs a running runtime: `async with symbi.Runtime()`")
         prio = _priority(priority)
         lim = ResourceLimits.parse(limits)
-        caps = tuple(capabilities)
-        if not all(isinstance(c, str) and c for c in caps):
-            raise InvalidArgument(
-                "capabilities must be non-empty strings",
-                argument="capabilities",
-                expected="iterable of str",
-                got=caps,
-            )
-        patterns = [topics] if isinstance(topics, str) else list(topics)
-        if not all(isinstance(t, str) and t for t in patterns):
-            raise InvalidArgument(
-                "topics must be topic patterns such as 'orders.>'",
-                argument="topics",
-                expected="iterable of str",
-                got=patterns,
-            )
+        caps = tuple(_strings("capabilities", capabilities, "capability names such as 'search'"))
+        patterns = _strings("topics", topics, "topic patterns such as 'orders.>'")
         if on_timeout not in ("ready", "suspend"):
             raise InvalidArgument(
                 "on_timeout must be 'ready' or 'suspend'",
@@ -509,7 +514,19 @@ class AgentHost:
         from .policy import Policy
         from .policy.engine import to_policy
 
-        items = list(policies)
+        if isinstance(policies, (str, Mapping, Policy)):
+            items: list[Any] = [policies]  # one policy, not its characters or keys
+        else:
+            try:
+                items = list(policies)
+            except TypeError:
+                raise InvalidArgument(
+                    "policies must be a policy (DSL text, dict or symbi.Policy) or an "
+                    f"iterable of them, got {type(policies).__name__}",
+                    argument="policies",
+                    expected="policy | iterable of policies",
+                    got=type(policies).__name__,
+                ) from None
         if not items:
             return ()
         if self._policy is None:
@@ -565,12 +582,14 @@ class AgentHost:
                 await self.deliver(
                     msg, agent_id, sender=meta.sender, timeout=_TOPIC_DELIVERY_S, want_reply=False
                 )
-            except DeliveryError as e:
+            except (DeliveryError, ResourceLimitExceeded) as e:
+                # No sender waits on a topic copy; _enqueue already audited a memory refusal.
+                why = (e.reason or str(e)) if isinstance(e, DeliveryError) else "memory limit"
                 self._bus.record_dead_letter(
                     msg,
                     sender=meta.sender,
                     recipient=agent_id,
-                    reason=f"topic {meta.recipient}: {e.reason or e}",
+                    reason=f"topic {meta.recipient}: {why}",
                     message_id=meta.id,
                     attempts=1,
                 )
@@ -800,7 +819,7 @@ class AgentHost:
 
     def _preempt(self, task_id: int) -> None:
         rec = self._by_task.get(task_id)
-        if rec is not None and rec.scope is not None:
+        if rec is not None and rec.scope is not None and self._preemptable(rec):
             rec.scope.cancel()  # _run sees the cancellation and suspends the agent
 
     async def _run(self, rec: _Record, placement: Placement) -> None:
@@ -833,10 +852,11 @@ class AgentHost:
         )
         handled = 0
         suspend: Optional[ResourceLimitExceeded] = None
-        scope = anyio.CancelScope() if self._preemptable(rec) else None
-        rec.scope = scope
+        # Every task can be cancelled (preemption, terminate, shutdown): one scope per
+        # task, not per message.
+        scope = rec.scope = anyio.CancelScope()
         try:
-            with scope if scope is not None else nullcontext():
+            with scope:
                 while True:
                     env = rec.running
                     assert env is not None  # set when the task was placed
@@ -857,8 +877,12 @@ class AgentHost:
                             return None
         finally:
             rec.scope = None
-        if scope is not None and scope.cancelled_caught:
-            if self._stopping or self.lifecycle.state(rec.id) is not AgentState.RUNNING:
+        if scope.cancelled_caught:
+            if (
+                self._stopping
+                or self._agents.get(rec.id) is not rec
+                or self.lifecycle.state(rec.id) is not AgentState.RUNNING
+            ):
                 return None  # shutdown or termination in progress
             # The scheduler already requeued the task; the message waits to be redone.
             rec.account.usage.tasks += 1
@@ -919,10 +943,24 @@ class AgentHost:
             self._record_limit(rec.id, e)
         except Exception as e:
             error = e
-            if env.reply is None:
-                log.error("agent %s failed handling %s: %r", rec.name, type(env.msg).__name__, e)
+            self._record(
+                "agent.handler_failed",
+                rec.id,
+                {"type": type(env.msg).__name__, "error": repr(e), "sender": env.sender},
+            )
         if self._agents.get(rec.id) is not rec:
             return None  # terminated while it ran; its requester already got DeliveryError
+        if error is not None and env.reply is None:
+            # Nobody waits for this outcome: keep the message, not just a log line.
+            log.error("agent %s failed handling %s: %r", rec.name, type(env.msg).__name__, error)
+            self._bus.record_dead_letter(
+                env.msg,
+                sender=env.sender,
+                recipient=rec.id,
+                reason=f"handler of {rec.id} raised {error!r} on a message from "
+                f"{env.sender or 'the runtime'}",
+                attempts=1,
+            )
         rec.account.usage.tasks += 1
         rec.running = None
         rec.account.release_memory(env.size)
@@ -1100,22 +1138,23 @@ class AgentHost:
         self._submit(rec)
 
     async def terminate(self, ref: str, reason: str = "manual override") -> None:
+        """End an agent in any state. A running handler is cancelled (Running ->
+        Suspended -> Terminated); its message and queued mail are dead-lettered, and
+        their requesters get DeliveryError(reason="terminated")."""
         await self._terminate(self._rec(ref), reason, force=False)
 
     async def _terminate(self, rec: _Record, reason: str, *, force: bool) -> None:
         state = self.lifecycle.state(rec.id)
         if state is AgentState.TERMINATED:
             return
-        if state is AgentState.RUNNING:
-            if not force:
-                raise IllegalTransition(
-                    f"agent {rec.name!r} is running a task; Running -> Terminated is not "
-                    "allowed. Wait for the task, or suspend it first",
-                    agent_id=rec.id,
-                    from_state=state.value,
-                    to_state="terminated",
-                )
-            self.lifecycle.transition(rec.id, AgentState.SUSPENDED, "shutdown while running")
+        running = state is AgentState.RUNNING
+        if running:
+            # Running -> Terminated is illegal: cancel the handler, then go through
+            # Suspended. _dispatch sees the agent gone and stops.
+            if rec.scope is not None:
+                rec.scope.cancel()
+            why = "shutdown while running" if force else f"terminating while running: {reason}"
+            self.lifecycle.transition(rec.id, AgentState.SUSPENDED, why)
         elif state is AgentState.INITIALIZING:
             self.lifecycle.transition(rec.id, AgentState.FAILED, "terminated while initialising")
         if rec.task_id is not None:
@@ -1123,7 +1162,8 @@ class AgentHost:
             self._by_task.pop(rec.task_id, None)
             rec.task_id = None
         self.lifecycle.transition(rec.id, AgentState.TERMINATED, reason)
-        pending = ([rec.running] if rec.running else []) + list(rec.mailbox)
+        current = rec.running
+        pending = ([current] if current else []) + list(rec.mailbox)
         rec.mailbox.clear()
         rec.running = None
         for env in pending:
@@ -1134,8 +1174,9 @@ class AgentHost:
                 reason=f"recipient terminated: {reason}",
             )
             if env.reply is not None:
+                when = "while handling" if running and env is current else "before handling"
                 env.reply.error = DeliveryError(
-                    f"agent {rec.name!r} was terminated ({reason}) before handling the message",
+                    f"agent {rec.name!r} was terminated ({reason}) {when} the message",
                     recipient=rec.id,
                     reason="terminated",
                 )
@@ -1145,6 +1186,8 @@ class AgentHost:
         self._by_name.pop(rec.name, None)
         del self._agents[rec.id]
         self._bus.unregister_agent(rec.id)
+        if running:
+            self._pump()  # its slot capacity is free for queued tasks
         if self._policy is not None:
             for pid in rec.handle.policy_ids:
                 with suppress(SymbiError):  # already removed by the application
@@ -1173,3 +1216,9 @@ class AgentHost:
 
     # Set by the runtime: what a handler's Context uses to send and request.
     _runtime_api: Any = None
+
+
+#: The keyword options ``spawn`` takes (``rt.spawn(agent, **spec)`` checks against them).
+SPAWN_OPTIONS: tuple[str, ...] = tuple(
+    p for p in inspect.signature(AgentHost.spawn).parameters if p not in ("self", "agent")
+)

@@ -47,11 +47,12 @@ class ResourceLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         """Validate a ``ResourceLimits``, a mapping of its fields, or ``None``."""
         if value is None:
             return cls()
-        if isinstance(value, cls):
-            return msgspec.convert(msgspec.to_builtins(value), cls)
         try:
+            if isinstance(value, cls):
+                # The constructor does not check constraints: re-validate its fields.
+                return msgspec.convert(msgspec.to_builtins(value), cls)
             return msgspec.convert(value, cls)
-        except msgspec.ValidationError as e:
+        except (msgspec.ValidationError, TypeError) as e:  # TypeError: an unencodable field
             raise InvalidArgument(
                 f"invalid resource limits: {e}; every limit is a positive number or None",
                 argument="limits",

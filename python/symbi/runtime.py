@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -34,7 +34,14 @@ from .components import Component, ComponentHealth, HealthStatus, Housekeeper
 from .config import Config
 from .context import ContextManager
 from .errors import ComponentError, InvalidArgument, RuntimeStateError
-from .host import AgentFactory, AgentHandle, AgentHost, SystemStatus, default_slots
+from .host import (
+    SPAWN_OPTIONS,
+    AgentFactory,
+    AgentHandle,
+    AgentHost,
+    SystemStatus,
+    default_slots,
+)
 from .lifecycle import AgentState, LifecycleController
 from .message import Message, check_message
 from .policy import PolicyEngine
@@ -83,15 +90,15 @@ class Runtime:
                 expected="symbi.Config",
                 got=type(config).__name__,
             )
-        if not start_timeout > 0:
-            raise InvalidArgument(
-                "start_timeout must be a positive number of seconds",
-                argument="start_timeout",
-                expected="> 0",
-                got=start_timeout,
-            )
         self._config = config
-        self._start_timeout = start_timeout
+        self._start_timeout = check_timeout(start_timeout, "start_timeout")
+        if isinstance(components, (str, bytes)) or not isinstance(components, Iterable):
+            raise InvalidArgument(
+                f"components must be a sequence of components, got {type(components).__name__}",
+                argument="components",
+                expected="Sequence[symbi.Component]",
+                got=type(components).__name__,
+            )
         self.housekeeper = Housekeeper(config.runtime.gc_interval_ms / 1000)
         #: The audit trail (``security.audit_enabled``/``audit_storage``); None when disabled.
         self.audit: Optional[AuditLog] = AuditLog.from_config(config.security)
@@ -229,6 +236,14 @@ class Runtime:
         limits=ResourceLimits(...), capabilities=[...], on_timeout="ready")``. Creation and
         the resources it asks for are checked by the policy engine."""
         self._require_running()
+        unknown = sorted(k for k in spec if k not in SPAWN_OPTIONS)
+        if unknown:
+            raise InvalidArgument(
+                f"spawn got unknown option(s) {unknown}; it accepts {list(SPAWN_OPTIONS)}",
+                argument=unknown[0],
+                expected=f"one of {list(SPAWN_OPTIONS)}",
+                got=unknown,
+            )
         return await self._host.spawn(agent, **spec)
 
     def _sender(self, sender: Optional[str]) -> Optional[str]:

@@ -10,7 +10,6 @@ import symbi
 from symbi import Agent, Config, Priority, ResourceLimits, RuntimeConfig, handler
 from symbi.errors import (
     DeliveryError,
-    IllegalTransition,
     InvalidArgument,
     PolicyDenied,
     RequestTimeout,
@@ -470,15 +469,6 @@ async def test_terminate_dead_letters_pending_mail_and_fails_its_requests():
             and d.reason == "recipient terminated: manual override"
             for d in rt.dead_letters
         )
-
-
-async def test_running_agent_cannot_be_terminated():
-    async with symbi.Runtime(config()) as rt:
-        a = await rt.spawn(Echo, name="echo")
-        await rt.send(Sleep(seconds=0.2), to=a.id)
-        await anyio.sleep(0.02)
-        with pytest.raises(IllegalTransition):
-            await rt.terminate(a.id)
 
 
 async def test_max_concurrent_agents_is_enforced():
