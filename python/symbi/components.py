@@ -7,6 +7,7 @@ components too, so choosing one is a matter of config, not of code in the runtim
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Awaitable
@@ -91,7 +92,35 @@ class Housekeeper:
         return self._rounds
 
     def register(self, name: str, task: Task) -> None:
-        """Run ``task`` every round. Registering a name again replaces its task."""
+        """Run ``await task()`` every round. ``task`` is an ``async def`` function taking
+        no arguments (a bound method or ``functools.partial`` of one is fine). Registering
+        a name again replaces its task."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(
+                f"name must be a non-empty str naming the task, got {name!r}",
+                argument="name",
+                expected="a non-empty str",
+                got=name,
+            )
+        if not callable(task):
+            raise InvalidArgument(
+                f"task must be an async function taking no arguments, got {type(task).__name__}",
+                argument="task",
+                expected="an async def function",
+                got=type(task).__name__,
+            )
+        if not (
+            inspect.iscoroutinefunction(task)
+            or inspect.iscoroutinefunction(getattr(task, "__call__", None))  # noqa: B004
+        ):
+            raise InvalidArgument(
+                f"task {getattr(task, '__qualname__', task)!r} is not an async function: "
+                "the housekeeper awaits task() every round; define it with `async def` "
+                "(wrap sync work as `async def task(): work()`)",
+                argument="task",
+                expected="an async def function",
+                got=getattr(task, "__qualname__", type(task).__name__),
+            )
         self._tasks[name] = task
 
     def unregister(self, name: str) -> None:

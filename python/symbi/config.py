@@ -296,7 +296,15 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     ) -> Config:
         """Read ``path`` (else ``$SYMBI_CONFIG_PATH``, else defaults), then apply the
         environment overrides from ``env`` (default ``os.environ``)."""
-        env = os.environ if env is None else env
+        env = os.environ if env is None else _check_env(env)
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgument(
+                f"path must be the path of a TOML config file (str or pathlib.Path), "
+                f"got {type(path).__name__}; pass None to use SYMBI_CONFIG_PATH or the defaults",
+                argument="path",
+                expected="str | os.PathLike | None",
+                got=type(path).__name__,
+            )
         if path is None and env.get("SYMBI_CONFIG_PATH"):
             path = env["SYMBI_CONFIG_PATH"]
         if path is None:
@@ -320,6 +328,19 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     ) -> Config:
         """Parse TOML text. Environment overrides apply only when ``env`` is given
         (``Config.load`` passes ``os.environ``)."""
+        if not isinstance(text, str):
+            hint = (
+                "; decode it first, e.g. data.decode('utf-8')"
+                if isinstance(text, (bytes, bytearray))
+                else "; to read a file use Config.load(path)"
+            )
+            raise InvalidArgument(
+                f"text must be TOML as a str, got {type(text).__name__}{hint}",
+                argument="text",
+                expected="str",
+                got=type(text).__name__,
+            )
+        source = _check_source(source)
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
@@ -337,6 +358,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
         env: Optional[Mapping[str, str]] = None,
     ) -> Config:
         """Validate a mapping shaped like the TOML file; ``env`` adds overrides."""
+        source = _check_source(source)
+        env = None if env is None else _check_env(env)
         if not isinstance(data, Mapping):
             raise ConfigError(
                 f"{source}: the configuration must be a table of sections, "
@@ -425,6 +448,41 @@ def _toml_string(s: str) -> str:
         else:
             out.append(ch)
     return '"' + "".join(out) + '"'
+
+
+def _check_env(env: Any) -> Mapping[str, str]:
+    """``env`` if it is a mapping of str to str (like ``os.environ``), else InvalidArgument."""
+    if not isinstance(env, Mapping):
+        raise InvalidArgument(
+            f"env must be a mapping of environment variables such as os.environ or "
+            f"{{'SYMBI_LOG_LEVEL': 'debug'}}, got {type(env).__name__}",
+            argument="env",
+            expected="Mapping[str, str]",
+            got=type(env).__name__,
+        )
+    for var, value in env.items():
+        if not isinstance(var, str) or not isinstance(value, str):
+            bad = var if not isinstance(var, str) else value
+            raise InvalidArgument(
+                f"env maps variable names to str values, as os.environ does; "
+                f"got {type(bad).__name__} {bad!r} (for {var!r}): pass it as a str",
+                argument="env",
+                expected="Mapping[str, str]",
+                got=bad,
+            )
+    return env
+
+
+def _check_source(source: Any) -> str:
+    if not isinstance(source, str):
+        raise InvalidArgument(
+            f"source names where the config came from (a file path or '<string>'), "
+            f"so it must be a str, got {type(source).__name__}",
+            argument="source",
+            expected="str",
+            got=type(source).__name__,
+        )
+    return source
 
 
 def _env_value(text: str) -> Any:

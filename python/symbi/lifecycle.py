@@ -17,6 +17,7 @@ reported to the observers (the runtime's audit trail is one) in the order it hap
 from __future__ import annotations
 
 import enum
+import inspect
 import logging
 import time
 from collections.abc import Mapping
@@ -60,6 +61,14 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Observer = Callable[[Transition], None]
+
+
+def _is_async_callable(fn: Any) -> bool:
+    """``async def`` functions, their partials and bound methods, and objects whose
+    ``__call__`` is ``async def``."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - the attribute, not callable()
+    )
 
 
 class LifecycleController:
@@ -121,7 +130,26 @@ class LifecycleController:
         return t
 
     def subscribe(self, observer: Observer) -> Callable[[], None]:
-        """Call ``observer`` on every transition; returns a function that unsubscribes."""
+        """Call ``observer`` on every transition; returns a function that unsubscribes.
+
+        Observers are called synchronously, in the order transitions happen, so
+        ``observer`` must be a plain function (not ``async def``) taking a Transition."""
+        if not callable(observer):
+            raise InvalidArgument(
+                f"observer must be a function taking a Transition, got {type(observer).__name__}",
+                argument="observer",
+                expected="Callable[[Transition], None]",
+                got=type(observer).__name__,
+            )
+        if _is_async_callable(observer):
+            raise InvalidArgument(
+                "observer is an async function, but observers are called synchronously on "
+                "every transition and its coroutine would never run; use a plain function "
+                "(hand slow work to a task or a memory stream from there)",
+                argument="observer",
+                expected="a synchronous Callable[[Transition], None]",
+                got=getattr(observer, "__qualname__", type(observer).__name__),
+            )
         self._observers.append(observer)
 
         def unsubscribe() -> None:

@@ -15,6 +15,7 @@ later cell, ``rt.close()``.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Awaitable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from functools import partial
@@ -27,7 +28,7 @@ from .bus import Subscription
 from .bus.types import DeadLetter, SecureMessage
 from .components import Component, HealthStatus
 from .config import Config
-from .errors import RuntimeStateError
+from .errors import InvalidArgument, RuntimeStateError
 from .host import AgentFactory, AgentHandle, SystemStatus
 from .lifecycle import AgentState
 from .message import Message
@@ -38,6 +39,9 @@ from .runtime import RuntimeState
 __all__ = ["Runtime"]
 
 T = TypeVar("T")
+
+#: The event loops anyio can run the runtime on (``trio`` needs the trio package).
+_BACKENDS = ("asyncio", "trio")
 
 
 class Runtime(AbstractContextManager["Runtime"]):
@@ -50,6 +54,22 @@ class Runtime(AbstractContextManager["Runtime"]):
         components: Sequence[Component] = (),
         backend: str = "asyncio",
     ) -> None:
+        if backend not in _BACKENDS:
+            raise InvalidArgument(
+                f"backend must be one of {list(_BACKENDS)} (the event loop the runtime runs "
+                f"on), got {backend!r}",
+                argument="backend",
+                expected=" | ".join(repr(b) for b in _BACKENDS),
+                got=backend,
+            )
+        if backend == "trio" and importlib.util.find_spec("trio") is None:
+            raise InvalidArgument(
+                "backend='trio' needs the trio package: pip install trio "
+                "(or use the default backend='asyncio')",
+                argument="backend",
+                expected="trio installed",
+                got=backend,
+            )
         # Build the async runtime now so bad arguments fail here, in the caller's thread.
         self._async = AsyncRuntime(config, components=components)
         self._backend = backend
@@ -111,6 +131,13 @@ class Runtime(AbstractContextManager["Runtime"]):
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await fn(async_runtime, *args)`` on the runtime's loop and return its result."""
+        if not callable(fn):
+            raise InvalidArgument(
+                f"call() takes an async function fn(runtime, *args), got {type(fn).__name__}",
+                argument="fn",
+                expected="an async function",
+                got=type(fn).__name__,
+            )
         return self._require_portal().call(fn, self._async, *args)
 
     # Everything runs on the runtime's own loop thread, so its state is never touched from

@@ -170,3 +170,53 @@ def test_bench_quick_writes_honest_rows(tmp_path):
     chain = next(r for r in rows if r["metric"].startswith("audit chain hashing"))
     assert chain["peer"] and chain["symbi"] > 0 and chain["peer_value"] > 0
     assert chain["ratio"] == pytest.approx(chain["symbi"] / chain["peer_value"])
+
+
+def _small_trail(path: Path) -> Path:
+    import anyio
+
+    from symbi.audit import AuditLog
+
+    async def write() -> None:
+        async with AuditLog(path) as log:
+            await log.append("agent-1", "tool.call", {"tool": "search"})
+
+    anyio.run(write)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["audit", "verify", "{trail}", "--public-key", "{tmp}/absent.pub"], "--public-key"),
+        (["audit", "verify", "{trail}", "--public-key", "{tmp}"], "--public-key"),
+        (
+            ["audit", "report", "{trail}", "--framework", "hipaa", "--out", "{tmp}/no/dir/r.md"],
+            "--out",
+        ),
+        (["audit", "report", "{trail}", "--framework", "hipaa", "--out", "{tmp}"], "--out"),
+        (["audit", "query", "{trail}", "--since", "1e30"], "since"),
+        (["bench", "--json", "{tmp}/no/dir/rows.json", "--dir", str(ROOT / "benches")], "--json"),
+    ],
+)
+def test_unusable_paths_and_values_print_one_line_and_exit_2(tmp_path, capsys, argv, needle):
+    trail = _small_trail(tmp_path / "trail")
+    capsys.readouterr()
+    args = [a.format(trail=trail, tmp=tmp_path) for a in argv]
+    assert main(args) == 2
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1, out.err
+    assert "Traceback" not in out.err
+    assert lines[0].startswith(f"symbi {args[0]}: InvalidArgument: ")
+    assert needle in lines[0]
+    assert not (tmp_path / "no").exists()
+
+
+def test_audit_verify_with_the_trails_own_public_key_passes(tmp_path, capsys):
+    trail = _small_trail(tmp_path / "trail")
+    assert main(["audit", "verify", str(trail), "--public-key", str(trail / "audit.pub")]) == 0
+    assert capsys.readouterr().out.startswith(f"OK {trail}:")
+    out = tmp_path / "r.md"
+    assert main(["audit", "report", str(trail), "--framework", "hipaa", "--out", str(out)]) == 0
+    assert "HIPAA" in out.read_text()

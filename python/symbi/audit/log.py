@@ -154,15 +154,32 @@ def _encode_details(details: Optional[Mapping[str, Any]]) -> bytes:
     return out
 
 
+#: Event timestamps are int64 nanoseconds since the Unix epoch: 1677-09-21 .. 2262-04-11.
+_NS_MIN, _NS_MAX = -(2**63), 2**63 - 1
+#: The largest ``after`` / ``limit`` the store takes (u64 / usize on 64-bit platforms).
+_COUNT_MAX = 2**63 - 1
+
+
 def _to_ns(name: str, t: Optional[TimeLike]) -> Optional[int]:
     if t is None:
         return None
+    ns: Optional[int] = None
     if isinstance(t, datetime):
         if t.tzinfo is None:
             t = t.replace(tzinfo=timezone.utc)
-        return int(t.timestamp() * 1e9)
-    if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
-        return int(t * 1e9)
+        ns = int(t.timestamp() * 1e9)
+    elif isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
+        ns = int(t * 1e9)
+    if ns is not None:
+        if _NS_MIN <= ns <= _NS_MAX:
+            return ns
+        raise InvalidArgument(
+            f"{name}={t!r} is outside the times the audit trail can hold (1677-09-21 to "
+            f"2262-04-11 UTC); pass a time in that range, or None for no bound",
+            argument=name,
+            expected="a time between 1677-09-21 and 2262-04-11 UTC",
+            got=t,
+        )
     raise InvalidArgument(
         f"{name} must be a datetime or Unix seconds, got {t!r}",
         argument=name,
@@ -198,9 +215,14 @@ def _query_args(
                 f"{name} must be a str or None", argument=name, expected="str", got=v
             )
     for name, n in (("after", after), ("limit", limit)):
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        if n is not None and (
+            isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= _COUNT_MAX
+        ):
             raise InvalidArgument(
-                f"{name} must be an int >= 0 or None", argument=name, expected="int >= 0", got=n
+                f"{name} must be an int in 0..2**63-1, or None for no bound",
+                argument=name,
+                expected="0 <= int < 2**63",
+                got=n,
             )
     return {
         "agent": agent,

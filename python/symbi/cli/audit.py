@@ -12,7 +12,7 @@ import msgspec
 
 from symbi.audit import query_dir, verify_dir
 from symbi.audit.reports import render
-from symbi.errors import AuditIntegrityError
+from symbi.errors import AuditIntegrityError, InvalidArgument
 
 __all__ = ["add_parser"]
 
@@ -35,7 +35,16 @@ def _time(text: str) -> Union[datetime, float]:
 def _verify(args: argparse.Namespace) -> int:
     key: Optional[bytes] = None
     if args.public_key:
-        key = Path(args.public_key).read_bytes()
+        try:
+            key = Path(args.public_key).read_bytes()
+        except OSError as e:
+            raise InvalidArgument(
+                f"cannot read --public-key {args.public_key!r}: {e.strerror or e}; pass the "
+                "audit.pub file of the trail (32 raw bytes)",
+                argument="--public-key",
+                expected="a readable 32-byte key file",
+                got=args.public_key,
+            ) from None
     try:
         r = verify_dir(args.dir, public_key=key, allow_torn_tail=args.allow_torn_tail)
     except AuditIntegrityError as e:
@@ -94,7 +103,16 @@ def _report(args: argparse.Namespace) -> int:
         frameworks_file=args.frameworks,
     )
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise InvalidArgument(
+                f"cannot write the report to --out {args.out!r}: {e.strerror or e}; pass a "
+                "path in a directory that exists and that you can write to",
+                argument="--out",
+                expected="a writable file path",
+                got=args.out,
+            ) from None
         print(f"wrote {args.format} report to {args.out}")
     else:
         sys.stdout.write(text)

@@ -206,6 +206,14 @@ def run_bench(
             expected=f"one of {areas}",
             got=only,
         )
+    if json_out is not None and not Path(json_out).resolve().parent.is_dir():
+        raise InvalidArgument(
+            f"cannot write --json {json_out!r}: its directory does not exist; create it "
+            "or pick another path",
+            argument="--json",
+            expected="a file path in an existing directory",
+            got=json_out,
+        )
     targets = [str(root / f"bench_{only}.py")] if only else [str(root)]
     with tempfile.TemporaryDirectory() as tmp:
         report_path = Path(tmp) / "report.json"
@@ -256,6 +264,17 @@ def run_bench(
     print()
     _print_table(rows)
     if json_out:
-        Path(json_out).write_bytes(msgspec.json.format(msgspec.json.encode(rows), indent=2) + b"\n")
+        try:
+            Path(json_out).write_bytes(
+                msgspec.json.format(msgspec.json.encode(rows), indent=2) + b"\n"
+            )
+        except OSError as e:
+            raise InvalidArgument(
+                f"cannot write --json {json_out!r}: {e.strerror or e}; the table above "
+                "has the results",
+                argument="--json",
+                expected="a writable file path",
+                got=json_out,
+            ) from None
         print(f"\nwrote {len(rows)} rows to {json_out}")
     return 0

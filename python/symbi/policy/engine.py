@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -51,6 +52,33 @@ def to_policy(policy: PolicyLike, argument: str = "policy") -> Policy:
     )
 
 
+def _policy_list(policies: Any, argument: str) -> list[Policy]:
+    """Policies from a list (or other iterable) of policy-likes, else InvalidArgument."""
+    if isinstance(policies, (str, bytes, bytearray, Mapping, Policy)) or not isinstance(
+        policies, Iterable
+    ):
+        raise InvalidArgument(
+            f"{argument} must be a list of policies (DSL text, dicts or symbi.Policy), "
+            f"got {type(policies).__name__}; wrap a single policy in a list",
+            argument=argument,
+            expected="list[str | dict | symbi.Policy]",
+            got=type(policies).__name__,
+        )
+    return [to_policy(p, f"{argument}[{i}]") for i, p in enumerate(policies)]
+
+
+def _path_arg(path: Any) -> Union[str, Path]:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgument(
+            f"path must be the path of a .symbi/.policy/.toml/.json policy file, "
+            f"got {type(path).__name__}",
+            argument="path",
+            expected="str | os.PathLike",
+            got=type(path).__name__,
+        )
+    return path if isinstance(path, str) else Path(path)
+
+
 class PolicyEngine:
     """Decides requests against registered policies. Deny overrides allow; with
     ``enforce_policies`` on, an action no policy allows is denied; a condition that cannot
@@ -83,8 +111,8 @@ class PolicyEngine:
         self._decisions = 0
         self._denials = 0
         self._sink_failures = 0
-        for p in policies:
-            self.register(p)
+        for p in _policy_list(policies, "policies"):
+            self._core.register(p)
 
     # ---------------------------------------------------------------- settings
     @property
@@ -124,12 +152,12 @@ class PolicyEngine:
 
     def register_all(self, policies: Union[str, Iterable[PolicyLike]]) -> list[str]:
         """Add several policies (or every block of one DSL text); returns their ids."""
-        items = parse(policies) if isinstance(policies, str) else [to_policy(p) for p in policies]
+        items = parse(policies) if isinstance(policies, str) else _policy_list(policies, "policies")
         return [self._core.register(p) for p in items]
 
     def load_file(self, path: Union[str, Path]) -> list[str]:
         """Register every policy in a .symbi/.policy/.toml/.json file; returns their ids."""
-        return [self._core.register(p) for p in load_file(path)]
+        return [self._core.register(p) for p in load_file(_path_arg(path))]
 
     def replace(self, policy_id: str, policy: PolicyLike) -> None:
         """Swap the policy under ``policy_id`` atomically; it keeps its id and place."""
@@ -140,7 +168,7 @@ class PolicyEngine:
 
     def reload(self, policies: Iterable[PolicyLike]) -> list[str]:
         """Replace every registered policy with ``policies`` in one atomic swap."""
-        return self._core.reload([to_policy(p) for p in policies])
+        return self._core.reload(_policy_list(policies, "policies"))
 
     def get(self, policy_id: str) -> Policy:
         return self._core.get(self._id(policy_id))

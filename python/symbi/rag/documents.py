@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import os
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -90,8 +91,30 @@ def load_markdown(path: Union[str, Path]) -> Document:
     """A Markdown file as a :class:`Document`: the id is the file stem, the title the
     first ``# heading``, and an optional front matter block (``---`` / ``key: value``
     lines / ``---``) becomes metadata (numbers and booleans parsed)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgument(
+            f"path must be the path of a Markdown file, got {type(path).__name__}",
+            argument="path",
+            expected="str | os.PathLike",
+            got=type(path).__name__,
+        )
     p = Path(path)
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InvalidArgument(
+            f"cannot read Markdown file {str(p)!r}: {e.strerror or e}; check the path",
+            argument="path",
+            expected="a readable Markdown file",
+            got=str(p),
+        ) from None
+    except UnicodeDecodeError as e:
+        raise InvalidArgument(
+            f"{str(p)!r} is not UTF-8 text ({e.reason}); save it as UTF-8",
+            argument="path",
+            expected="a UTF-8 Markdown file",
+            got=str(p),
+        ) from None
     meta: dict[str, Any] = {}
     if text.startswith("---\n"):
         head, sep, body = text[4:].partition("\n---\n")
@@ -112,6 +135,23 @@ def load_markdown(path: Union[str, Path]) -> Document:
     return Document(id=p.stem, text=text.strip(), title=title, metadata=meta)
 
 
+def _check_document(d: Document) -> None:
+    """msgspec checks field types when decoding, not in ``Document(...)``: check here."""
+    for field, value, ok, expected in (
+        ("id", d.id, isinstance(d.id, str) and bool(d.id), "a non-empty str"),
+        ("text", d.text, isinstance(d.text, str), "str"),
+        ("title", d.title, isinstance(d.title, str), "str"),
+        ("metadata", d.metadata, isinstance(d.metadata, Mapping), "a dict"),
+    ):
+        if not ok:
+            raise InvalidArgument(
+                f"Document.{field} must be {expected}, got {value!r} (document id {d.id!r})",
+                argument="documents",
+                expected=expected,
+                got=value,
+            )
+
+
 class DocumentStore:
     """Chunks of documents, indexed for vector search (``vector_store``, default an
     in-memory :class:`~symbi.vector.EmbeddedVectorStore`) and BM25. Thread-safe."""
@@ -123,6 +163,29 @@ class DocumentStore:
         vector_store: Optional[VectorStore] = None,
         max_chars: int = 700,
     ) -> None:
+        if embedder is not None and not isinstance(embedder, Embedder):
+            raise InvalidArgument(
+                f"embedder must be a symbi.embed.Embedder (with .dim and .embed(texts)), "
+                f"got {type(embedder).__name__}; omit it for the default HashingEmbedder",
+                argument="embedder",
+                expected="an Embedder",
+                got=type(embedder).__name__,
+            )
+        if vector_store is not None and not isinstance(vector_store, VectorStore):
+            raise InvalidArgument(
+                f"vector_store must be a symbi.vector.VectorStore, got "
+                f"{type(vector_store).__name__}; omit it for an in-memory index",
+                argument="vector_store",
+                expected="a VectorStore",
+                got=type(vector_store).__name__,
+            )
+        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 50:
+            raise InvalidArgument(
+                "max_chars must be an int >= 50 (the longest chunk, in characters)",
+                argument="max_chars",
+                expected=">= 50",
+                got=max_chars,
+            )
         self.embedder = embedder if embedder is not None else HashingEmbedder(384)
         self.vectors = (
             vector_store if vector_store is not None else EmbeddedVectorStore(self.embedder.dim)
@@ -153,15 +216,30 @@ class DocumentStore:
     def add(self, documents: Union[Document, Iterable[Document]]) -> int:
         """Chunk, embed and index documents (a document with a known id replaces the old
         one). Returns the number of chunks added."""
-        docs = [documents] if isinstance(documents, Document) else list(documents)
+        if isinstance(documents, Document):
+            docs = [documents]
+        elif isinstance(documents, (str, bytes, bytearray, Mapping)) or not isinstance(
+            documents, Iterable
+        ):
+            raise InvalidArgument(
+                f"add() takes a symbi.rag.Document or a list of them, got "
+                f"{type(documents).__name__}; wrap text as Document(id=..., text=...)",
+                argument="documents",
+                expected="Document | list[Document]",
+                got=type(documents).__name__,
+            )
+        else:
+            docs = list(documents)
         for d in docs:
             if not isinstance(d, Document):
                 raise InvalidArgument(
-                    "add() takes symbi.rag.Document objects",
+                    "add() takes symbi.rag.Document objects; wrap text as "
+                    "Document(id=..., text=...)",
                     argument="documents",
                     expected="Document",
                     got=type(d).__name__,
                 )
+            _check_document(d)
         new: list[Chunk] = []
         with self._lock:
             for d in docs:
@@ -205,6 +283,13 @@ class DocumentStore:
             self.bm25.remove(i)
 
     def remove(self, doc_id: str) -> None:
+        if not isinstance(doc_id, str):
+            raise InvalidArgument(
+                f"doc_id must be the str id of a Document, got {type(doc_id).__name__}",
+                argument="doc_id",
+                expected="str",
+                got=type(doc_id).__name__,
+            )
         with self._lock:
             self._remove(doc_id)
 

@@ -19,6 +19,7 @@ an async LLM.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
@@ -184,6 +185,30 @@ class RagPipeline:
                 argument="embedder",
                 expected="one of them",
             )
+        if store is not None and not isinstance(store, DocumentStore):
+            raise InvalidArgument(
+                f"store must be a symbi.rag.DocumentStore, got {type(store).__name__}; "
+                "omit it for a new empty store",
+                argument="store",
+                expected="a DocumentStore",
+                got=type(store).__name__,
+            )
+        stages: tuple[tuple[str, Any, type, str], ...] = (
+            ("analyzer", analyzer, QueryAnalyzer, "analyze(question)"),
+            ("searcher", searcher, VectorSearcher, "search(analysis, store, k)"),
+            ("retriever", retriever, DocumentRetriever, "retrieve(analysis, store, hits, k)"),
+            ("ranker", ranker, Ranker, "rank(analysis, store, candidates, k)"),
+            ("generator", generator, Generator, "generate(question, analysis, ranked)"),
+        )
+        for name, stage, proto, method in stages:
+            if stage is not None and not isinstance(stage, proto):
+                raise InvalidArgument(
+                    f"{name} must have a {method} method (a symbi.rag.{proto.__name__}), "
+                    f"got {type(stage).__name__}; omit it for the default",
+                    argument=name,
+                    expected=f"a {proto.__name__}",
+                    got=type(stage).__name__,
+                )
         self.store = store if store is not None else DocumentStore(embedder)
         self.analyzer: QueryAnalyzer = analyzer or RuleQueryAnalyzer()
         self.searcher: VectorSearcher = searcher or IndexVectorSearcher()
@@ -281,6 +306,14 @@ def example_docs_dir() -> Path:
 def load_examples(path: Union[str, Path, None] = None) -> list[Document]:
     """The Markdown documents about symbi that ship with it (``examples/docs``), or the
     ``.md`` files of directory ``path``, as :class:`Document` objects sorted by id."""
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgument(
+            f"path must be a directory of .md files (or None for the bundled examples), "
+            f"got {type(path).__name__}",
+            argument="path",
+            expected="str | os.PathLike | None",
+            got=type(path).__name__,
+        )
     d = Path(path) if path is not None else example_docs_dir()
     if not d.is_dir() or not any(d.glob("*.md")):
         raise InvalidArgument(
