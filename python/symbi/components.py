@@ -7,7 +7,6 @@ components too, so choosing one is a matter of config, not of code in the runtim
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Awaitable
@@ -17,6 +16,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
+from .callbacks import is_async_callable
 from .errors import InvalidArgument
 
 __all__ = ["Component", "ComponentHealth", "HealthStatus", "Housekeeper"]
@@ -109,10 +109,7 @@ class Housekeeper:
                 expected="an async def function",
                 got=type(task).__name__,
             )
-        if not (
-            inspect.iscoroutinefunction(task)
-            or inspect.iscoroutinefunction(getattr(task, "__call__", None))  # noqa: B004
-        ):
+        if not is_async_callable(task):
             raise InvalidArgument(
                 f"task {getattr(task, '__qualname__', task)!r} is not an async function: "
                 "the housekeeper awaits task() every round; define it with `async def` "

@@ -17,7 +17,6 @@ reported to the observers (the runtime's audit trail is one) in the order it hap
 from __future__ import annotations
 
 import enum
-import inspect
 import logging
 import time
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from typing import Any, Callable, Optional
 
 import msgspec
 
+from .callbacks import is_async_callable
 from .errors import IllegalTransition, InvalidArgument
 
 __all__ = ["TRANSITIONS", "AgentState", "LifecycleController", "Transition"]
@@ -61,14 +61,6 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Observer = Callable[[Transition], None]
-
-
-def _is_async_callable(fn: Any) -> bool:
-    """``async def`` functions, their partials and bound methods, and objects whose
-    ``__call__`` is ``async def``."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - the attribute, not callable()
-    )
 
 
 class LifecycleController:
@@ -141,7 +133,7 @@ class LifecycleController:
                 expected="Callable[[Transition], None]",
                 got=type(observer).__name__,
             )
-        if _is_async_callable(observer):
+        if is_async_callable(observer):
             raise InvalidArgument(
                 "observer is an async function, but observers are called synchronously on "
                 "every transition and its coroutine would never run; use a plain function "

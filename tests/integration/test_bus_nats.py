@@ -144,6 +144,19 @@ async def test_killing_the_server_fails_every_call_with_typed_errors(nats_server
         assert len(b_inbox["bob"]) == 1
 
 
+async def test_flush_while_the_server_is_down_raises(nats_server: Any) -> None:
+    async with node(nats_server.url, ["alice"]) as (a, _):
+        await a.flush(timeout=5)
+        nats_server.kill()
+        with anyio.fail_after(10):
+            while a.transport.connected:
+                await anyio.sleep(0.01)
+        # nats-py buffers while reconnecting; a flush must not report that as done
+        with anyio.fail_after(10), pytest.raises(DeliveryError) as ei:
+            await a.flush(timeout=1.0)
+        assert ei.value.reason == "disconnected"
+
+
 class Doubler(symbi.Agent):
     @symbi.handler
     async def on_order(self, msg: Order, ctx: symbi.Context) -> Order:

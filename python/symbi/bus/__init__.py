@@ -27,8 +27,10 @@ Security (crypto in Rust, ``symbi._core.BusKeyRing``; see ``rust/src/crypto/mod.
     direct message gets the same error class back. Every send/request (action ``send``),
     publish (``publish``) and subscribe (``subscribe``) asks the policy with principal =
     sender, resource = recipient or topic, context = ``message_type``, ``data_labels``;
-    a denial raises PolicyDenied, and an AllowWithConditions ``require.rate_limit`` (msgs/s)
-    tightens the sender's token bucket. Per-agent buckets also come from
+    a denial raises PolicyDenied, and an AllowWithConditions ``require.rate_limit`` (msgs/s;
+    the strictest of the allowing policies) tightens the sender's token bucket. A
+    subscription is checked for its pattern, and each copy again for its concrete topic
+    (a copy the subscriber may not see is dead-lettered). Per-agent buckets also come from
     ``rate_limits``/``default_rate_limit``; ``rate_limit_mode`` waits or raises RateLimited.
 
 Batch signing under load, single signatures when idle

@@ -22,6 +22,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .._core import BusKeyRing
+from ..callbacks import is_async_callable
 from ..components import ComponentHealth
 from ..deadlines import Deadlines
 from ..errors import (
@@ -60,6 +61,7 @@ Directory = Callable[[str], Optional[Mapping[str, Any]]]
 _MAX_DUP_WAIT = 30.0
 _ACK_CACHE = 65_536
 _MAX_ERRORS_KEPT = 4096
+_INF = float("inf")
 
 
 class Enforcer(Protocol):
@@ -686,36 +688,47 @@ class Bus:
             agent = self._need_subs.pop()
             if agent not in self._agents:
                 continue
-            t = self._transport
-            try:
-                subs = [
-                    await t.subscribe(
-                        self._subject("agent", agent),
-                        self._direct_handler(agent),
-                        timeout=self._connect_timeout,
-                    ),
-                    await t.subscribe(
-                        self._subject("keys", agent),
-                        self._keys_handler(agent),
-                        timeout=self._connect_timeout,
-                    ),
-                ]
-            except SymbiError:
-                self._need_subs.add(agent)
-                raise
+            subs = await self._make_subs(
+                [
+                    (self._subject("agent", agent), self._direct_handler(agent)),
+                    (self._subject("keys", agent), self._keys_handler(agent)),
+                ],
+                functools.partial(self._need_subs.add, agent),
+            )
             self._agent_subs.setdefault(agent, []).extend(subs)
         while self._inactive:
             sub = self._inactive.pop()
             if sub.active:
-                try:
-                    sub._transport_sub = await self._transport.subscribe(
-                        f"symbi.topic.{sub.pattern}",
-                        self._topic_handler(sub),
-                        timeout=self._connect_timeout,
-                    )
-                except BaseException:
-                    self._inactive.append(sub)
-                    raise
+                (sub._transport_sub,) = await self._make_subs(
+                    [(f"symbi.topic.{sub.pattern}", self._topic_handler(sub))],
+                    functools.partial(self._inactive.append, sub),
+                )
+
+    async def _make_subs(
+        self,
+        wanted: list[tuple[str, Callable[[Incoming], Awaitable[None]]]],
+        requeue: Callable[[], None],
+    ) -> list[TransportSubscription]:
+        """Subscribe every (subject, handler) or none: on any failure, cancellation
+        included, undo the ones made and ``requeue()`` the owner for the background
+        subscriber (or the next use) to retry, instead of leaving it unreachable."""
+        made: list[TransportSubscription] = []
+        try:
+            for subject, handler in wanted:
+                made.append(
+                    await self._transport.subscribe(subject, handler, timeout=self._connect_timeout)
+                )
+        except BaseException:
+            requeue()
+            self._subscribe_soon()
+            with anyio.move_on_after(self._ack_timeout, shield=True):
+                for s in made:
+                    try:
+                        await s.unsubscribe()
+                    except Exception:  # the original failure is what the caller needs
+                        log.exception("could not undo the subscription to %s", s.subject)
+            raise
+        return made
 
     def _subscribe_soon(self) -> None:
         """Have one background task make the pending subscriptions: spawning 100k
@@ -806,18 +819,35 @@ class Bus:
         except PolicyDenied:
             self.stats.policy_denied += 1
             raise
-        require = getattr(decision, "require", None)
-        if isinstance(require, dict) and "rate_limit" in require:
-            rate = require["rate_limit"]
-            if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
-                return float(rate)
-            raise PolicyDenied(
-                f"policy requires rate_limit={rate!r}, which is not a positive number of "
-                "messages per second; fix the policy",
-                decision=decision,
-                request=req,
+        return self._policy_rate(decision, req)
+
+    @staticmethod
+    def _policy_rate(decision: Any, req: PolicyRequest) -> Optional[float]:
+        """The strictest ``require.rate_limit`` of all the allowing policies (``require``
+        keeps only the first policy's), or None; a malformed one denies."""
+        conditions = getattr(decision, "conditions", None)
+        if conditions is not None:
+            rates = [c.value for c in conditions if c.kind == "require" and c.key == "rate_limit"]
+        else:  # an Enforcer whose decisions carry only the merged dict
+            require = getattr(decision, "require", None)
+            rates = (
+                [require["rate_limit"]]
+                if isinstance(require, dict) and "rate_limit" in require
+                else []
             )
-        return None
+        if not rates:
+            return None
+        for rate in rates:
+            if not (
+                isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < rate < _INF
+            ):
+                raise PolicyDenied(
+                    f"policy requires rate_limit={rate!r}, which is not a positive number of "
+                    "messages per second; fix the policy",
+                    decision=decision,
+                    request=req,
+                )
+        return float(min(rates))
 
     async def _rate_limit(self, agent: str, policy_rate: Optional[float], deadline: float) -> None:
         limit = self._limiter.limit_for(agent, policy_rate)
@@ -1978,12 +2008,15 @@ class Bus:
     def subscribe(self, pattern: str, handler: TopicHandler, *, subscriber: str) -> Subscription:
         """Call ``await handler(msg, meta)`` for every message published on a topic matching
         ``pattern`` (``*`` one token, ``>`` the rest). ``subscriber`` is a registered agent;
-        the policy must allow it to ``subscribe`` to the pattern. Handlers run in the bus's
-        task group, each bounded by ``handler_timeout``."""
+        the policy must allow it to ``subscribe`` to the pattern, and to each concrete
+        topic as it arrives (a copy it may not see is dead-lettered). Handlers run in the
+        bus's task group, each bounded by ``handler_timeout``; a copy whose handler raises
+        or times out is dead-lettered."""
         validate_pattern(pattern)
-        if not callable(handler):
+        if not is_async_callable(handler):
             raise InvalidArgument(
-                "handler must be an async function (msg, meta) -> None",
+                "handler must be an async function (msg, meta) -> None; a plain function "
+                "would fail on every message",
                 argument="handler",
                 expected="async callable",
                 got=type(handler).__name__,
@@ -2025,7 +2058,10 @@ class Bus:
                     self._reject(e, opener, data)
                     raise
                 opened = await self._open(opener, data)
-            _mid, _s, _r, is_topic, _ts, ctype, payload, dup = opened
+            except (SignatureError, ReplayError) as e:
+                self._reject(e, opener, data)
+                raise
+            mid, sender, topic, is_topic, _ts, ctype, payload, dup = opened
             if dup:
                 self.stats.duplicates += 1
                 return
@@ -2038,18 +2074,38 @@ class Bus:
             if not isinstance(e, (SignatureError, DecryptError, ReplayError)):
                 self._reject(e, opener, data)
             return
+        try:
+            # The subscribe-time check saw only the pattern: a wildcard must not carry a
+            # topic the policy denies this subscriber. Not cached: the engine exposes no
+            # generation to invalidate on, and a decision costs about a microsecond.
+            self._authorize(opener, "subscribe", topic, ctype, [])
+        except PolicyDenied as e:
+            why = getattr(e.decision, "reason", None) or str(e)
+            self._dead_letter(mid, sender, opener, msg, f"topic {topic}: policy denied: {why}", 1)
+            return
         sub.received += 1
         self.stats.topic_deliveries += 1
         if self._tg is not None:
             self._tg.start_soon(self._run_handler, sub, msg, meta)
 
     async def _run_handler(self, sub: Subscription, msg: Any, meta: SecureMessage) -> None:
+        """Run a topic handler; a copy it failed on (raised, or ran past
+        ``handler_timeout``) is dead-lettered, never just logged."""
         try:
-            with anyio.fail_after(self._handler_timeout):
+            with anyio.move_on_after(self._handler_timeout) as scope:
                 await sub.handler(msg, meta)
-        except Exception:
-            self.stats.handler_errors += 1
+            if not scope.cancelled_caught:
+                return
+            # Its own TimeoutError is an error like any other; only our deadline is this.
+            reason = f"handler timed out after {self._handler_timeout:g}s"
+            log.warning("topic handler of %s for %r: %s", sub.subscriber, sub.pattern, reason)
+        except Exception as e:
+            reason = f"handler raised {type(e).__name__}: {e}"
             log.exception("topic handler of %s for %r failed", sub.subscriber, sub.pattern)
+        self.stats.handler_errors += 1
+        self._dead_letter(
+            meta.id, meta.sender, sub.subscriber, msg, f"topic {meta.recipient}: {reason}", 1
+        )
 
     async def _learn_topic_key(self, opener: str, data: bytes) -> bool:
         """Fetch an unknown topic group key from the publishing agent, sealed for

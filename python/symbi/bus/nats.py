@@ -235,6 +235,14 @@ class NatsTransport:
     async def flush(self, *, timeout: float) -> None:
         """Wait until the server has processed everything sent so far (subscriptions)."""
         nc = self._client("flush")
+        if not nc.is_connected:
+            # Reconnecting, nats-py buffers locally and its flush can succeed without the
+            # server having seen anything.
+            raise DeliveryError(
+                "NATS is reconnecting; nothing can be flushed to the server",
+                recipient="flush",
+                reason="disconnected",
+            )
         try:
             with anyio.fail_after(timeout):
                 # nats-py 2.16 writes the PING straight to the socket, ahead of commands

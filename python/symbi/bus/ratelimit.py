@@ -87,6 +87,16 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / self.rate
 
+    def retune(self, limit: RateLimit, now: Optional[float] = None) -> None:
+        """Switch to ``limit`` keeping what is left: refilled at the old rate up to now,
+        then capped at the new capacity (a new limit never hands out a fresh bucket)."""
+        now = time.monotonic() if now is None else now
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.rate = float(limit.rate)
+        self.capacity = float(limit.capacity)
+        self.tokens = min(self.tokens, self.capacity)
+
 
 class RateLimiter:
     """Buckets by agent id. ``limit_for`` picks the configured limit, tightened by a policy."""
@@ -105,11 +115,15 @@ class RateLimiter:
         return limit
 
     def take(self, agent: str, limit: RateLimit) -> float:
-        """One token from ``agent``'s bucket for ``limit``; 0.0 or seconds to wait."""
+        """One token from ``agent``'s bucket for ``limit``; 0.0 or seconds to wait. An agent
+        has one bucket whatever its limit: when the limit changes (messages under different
+        policy limits) the bucket is retuned, so alternating them cannot refill it."""
         entry = self._buckets.get(agent)
-        if entry is None or entry[0] != limit:
-            entry = (limit, TokenBucket(limit))
-            self._buckets[agent] = entry
+        if entry is None:
+            entry = self._buckets[agent] = (limit, TokenBucket(limit))
+        elif entry[0] != limit:
+            entry[1].retune(limit)
+            entry = self._buckets[agent] = (limit, entry[1])
         return entry[1].take()
 
     def forget(self, agent: str) -> None:

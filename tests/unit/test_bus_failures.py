@@ -1,0 +1,338 @@
+"""The bus when something goes wrong: a wildcard reaching a denied topic, failing topic
+handlers, rate limits played against each other, forged topic envelopes, a caller
+cancelled mid-subscription, and handlers that are not async. Nothing is dropped
+silently: each refused or failed copy is dead-lettered or rejected, and audited."""
+
+from __future__ import annotations
+
+import collections
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+import symbi
+from symbi.bus import Bus, InProcTransport, MailboxDelivery, RateLimit, SecureMessage
+from symbi.bus.ratelimit import RateLimiter
+from symbi.errors import InvalidArgument, RateLimited
+
+pytestmark = pytest.mark.anyio
+
+
+class Note(symbi.Message):
+    text: str
+
+
+class Other(symbi.Message):
+    text: str
+
+
+class ListSink:
+    """A real AuditSink: keeps every event in memory."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def record(self, event_type: str, agent_id: str, details: dict[str, Any]) -> None:
+        self.events.append((event_type, agent_id, details))
+
+    def of(self, event_type: str) -> list[dict[str, Any]]:
+        return [d for t, _a, d in self.events if t == event_type]
+
+
+async def settle(cond: Any, timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not cond():
+            await anyio.sleep(0.005)
+
+
+async def _types(rt: symbi.Runtime) -> list[str]:
+    assert rt.audit is not None
+    await rt.audit.flush(timeout=5)
+    return [e.event_type for e in rt.audit.query()]
+
+
+# ---------------------------------------------------------------- policy at delivery
+async def test_wildcard_subscription_gets_no_topic_the_policy_denies() -> None:
+    async with symbi.Runtime() as rt:
+        deny = rt.policy.register(
+            'policy no_secrets { deny: [subscribe] if resource.id == "secrets.alerts" }'
+        )
+        got: list[tuple[str, str]] = []
+
+        async def fn(msg: Note, meta: SecureMessage) -> None:
+            got.append((meta.recipient, msg.text))
+
+        spied: list[str] = []
+
+        async def spy(msg: Note, ctx: symbi.Context) -> None:
+            spied.append(msg.text)
+
+        await rt.spawn(spy, name="spy")
+        with pytest.raises(symbi.errors.PolicyDenied):
+            rt.subscribe("secrets.alerts", "spy")
+        rt.subscribe("secrets.*", fn)  # the pattern itself is allowed
+        rt.subscribe(">", "spy")
+        await rt.publish("secrets.alerts", Note(text="the secret"))
+        await rt.publish("secrets.public", Note(text="public"))
+        # copies are handled in publish order: a wrongly delivered secret would be first
+        await settle(lambda: got and spied)
+        assert got == [("secrets.public", "public")] and spied == ["public"]
+        refused = [d for d in rt.dead_letters if d.message == Note(text="the secret")]
+        assert sorted(d.recipient for d in refused) == sorted(
+            [rt.bus.runtime_id, rt.agents()[0].id]
+        )
+        assert all("secrets.alerts" in d.reason and "policy" in d.reason for d in refused)
+        types = await _types(rt)
+        assert types.count("bus.dead_letter") == 2 and types.count("policy.denied") >= 2
+
+        # A policy change takes effect for the very next copy, both ways.
+        rt.policy.remove(deny)
+        rt.policy.register('policy no_public { deny: [subscribe] if resource == "secrets.public" }')
+        await rt.publish("secrets.public", Note(text="now denied"))
+        await rt.publish("secrets.alerts", Note(text="now allowed"))
+        await settle(lambda: len(got) == 2 and len(spied) == 2)
+        assert got[1] == ("secrets.alerts", "now allowed") and spied[1] == "now allowed"
+        assert [d.message for d in rt.dead_letters[-2:]] == [Note(text="now denied")] * 2
+
+
+# ------------------------------------------------------------------ failing handlers
+async def test_topic_handler_that_raises_or_times_out_is_dead_lettered() -> None:
+    cfg = symbi.Config.from_dict({"bus": {"handler_timeout_s": 0.2}})
+    async with symbi.Runtime(cfg) as rt:
+
+        async def boom(msg: Note, meta: SecureMessage) -> None:
+            raise RuntimeError("fn exploded")
+
+        async def own_timeout(msg: Note, meta: SecureMessage) -> None:
+            raise TimeoutError("its own")
+
+        async def slow(msg: Note, meta: SecureMessage) -> None:
+            await anyio.sleep(30)
+
+        rt.subscribe("t.boom", boom)
+        rt.subscribe("t.own", own_timeout)
+        rt.subscribe("t.slow", slow)
+        for t in ("t.boom", "t.own", "t.slow"):
+            await rt.publish(t, Note(text=t))
+        await settle(lambda: len(rt.dead_letters) == 3)
+        by_topic = {d.message.text: d for d in rt.dead_letters if isinstance(d.message, Note)}
+        assert "RuntimeError: fn exploded" in by_topic["t.boom"].reason
+        assert "TimeoutError: its own" in by_topic["t.own"].reason  # not our deadline
+        assert "timed out after 0.2s" in by_topic["t.slow"].reason
+        assert all(d.recipient == rt.bus.runtime_id for d in by_topic.values())
+        assert rt.bus.stats.handler_errors == 3
+        assert (await _types(rt)).count("bus.dead_letter") == 3
+
+
+# ------------------------------------------------------------------------ rate limits
+class A(symbi.Message):
+    x: int = 0
+
+
+class B(symbi.Message):
+    x: int = 0
+
+
+async def _sink(msg: symbi.Message, ctx: symbi.Context) -> None:
+    return None
+
+
+def _type(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+async def test_alternating_message_types_do_not_refill_the_bucket() -> None:
+    cfg = symbi.Config.from_dict({"bus": {"rate_limit_mode": "fail"}})
+    async with symbi.Runtime(cfg) as rt:
+        # One message per 100 s and per 50 s: a bucket of one token each.
+        rt.policy.register(
+            f'policy ra {{ allow: [send] if context.message_type == "{_type(A)}"\n'
+            " require: { rate_limit: 0.01 } }"
+        )
+        rt.policy.register(
+            f'policy rb {{ allow: [send] if context.message_type == "{_type(B)}"\n'
+            " require: { rate_limit: 0.02 } }"
+        )
+        await rt.spawn(_sink, name="sink")
+        await rt.send(A(), to="sink")
+        for msg in (B(), A(), B()):
+            with pytest.raises(RateLimited):
+                await rt.send(msg, to="sink")
+
+
+def test_rate_limiter_keeps_what_is_left_when_the_limit_changes() -> None:
+    lim = RateLimiter({})
+    wide, narrow = RateLimit(rate=0.001, burst=10), RateLimit(rate=0.001, burst=2)
+    assert lim.take("a", wide) == 0.0  # 9 left
+    assert lim.take("a", narrow) == 0.0  # capped at 2, one taken
+    assert lim.take("a", narrow) == 0.0
+    assert lim.take("a", narrow) > 0  # empty
+    assert lim.take("a", wide) > 0  # a wider limit does not refill it either
+    assert lim.take("b", narrow) == 0.0  # buckets stay per agent
+
+
+async def test_the_strictest_policy_rate_limit_wins() -> None:
+    cfg = symbi.Config.from_dict({"bus": {"rate_limit_mode": "fail"}})
+    async with symbi.Runtime(cfg) as rt:
+        rt.policy.register("policy general { allow: [send]\n require: { rate_limit: 1000 } }")
+        rt.policy.register(
+            f'policy strict {{ allow: [send] if context.message_type == "{_type(A)}"\n'
+            " require: { rate_limit: 0.01 } }"
+        )
+        await rt.spawn(_sink, name="sink")
+        await rt.send(A(), to="sink")
+        with pytest.raises(RateLimited) as ei:
+            await rt.send(A(), to="sink")
+        assert (ei.value.retry_after or 0) > 10  # strict's 0.01/s, not general's 1000/s
+
+
+async def test_a_malformed_rate_limit_in_any_allowing_policy_denies() -> None:
+    async with symbi.Runtime() as rt:
+        rt.policy.register("policy general { allow: [send]\n require: { rate_limit: 1000 } }")
+        rt.policy.register('policy bad { allow: [send]\n require: { rate_limit: "fast" } }')
+        await rt.spawn(_sink, name="sink")
+        with pytest.raises(symbi.errors.PolicyDenied, match="rate_limit"):
+            await rt.send(A(), to="sink")
+
+
+# ---------------------------------------------------------- forged topic envelopes
+@asynccontextmanager
+async def bus_with(
+    agents: tuple[str, ...] = ("alice", "bob"), **kw: Any
+) -> AsyncIterator[tuple[Bus, MailboxDelivery]]:
+    async with anyio.create_task_group() as tg:
+        d = MailboxDelivery()
+        d.bind(tg)
+        bus = Bus(**kw)
+        bus.set_local_delivery(d)
+        for a in agents:
+            bus.register_agent(a)
+            d.add_agent(a, _noop_agent)
+        try:
+            async with bus:
+                yield bus, d
+        finally:
+            d.close()
+            tg.cancel_scope.cancel()
+
+
+async def _noop_agent(msg: Any, sender: Any) -> None:
+    return None
+
+
+async def test_forged_and_stale_topic_envelopes_are_rejected_and_audited() -> None:
+    sink = ListSink()
+    async with bus_with(audit=sink, replay_window_s=0.3) as (bus, _d):
+        got: list[str] = []
+
+        async def h(msg: Note, meta: SecureMessage) -> None:
+            got.append(msg.text)
+
+        envs: list[bytes] = []
+        bus.add_wiretap(envs.append)
+        bus.subscribe("t.x", h, subscriber="bob")
+        await bus.flush()
+        await bus.publish("t.x", Note(text="hello"), sender="alice", timeout=1)
+        await settle(lambda: got == ["hello"])
+        forged = bytearray(envs[0])
+        forged[-1] ^= 1
+        await bus.transport.publish("symbi.topic.t.x", bytes(forged), timeout=1)
+        assert bus.stats.rejected == 1
+        assert [d["reason"] for d in sink.of("bus.rejected")] == ["signature"]
+        await anyio.sleep(0.5)  # past the replay window: the original is stale now
+        await bus.transport.publish("symbi.topic.t.x", envs[0], timeout=1)
+        assert bus.stats.rejected == 2
+        assert [d["reason"] for d in sink.of("bus.rejected")] == ["signature", "replay"]
+        assert all(a == "bob" for t, a, _ in sink.events if t == "bus.rejected")
+        assert got == ["hello"]
+
+
+# ------------------------------------------------------ cancelled while subscribing
+class _Tracked:
+    """A transport subscription that tells its transport when it ends."""
+
+    def __init__(self, inner: Any, live: collections.Counter[str]) -> None:
+        self._inner, self._live = inner, live
+
+    @property
+    def subject(self) -> str:
+        return str(self._inner.subject)
+
+    async def unsubscribe(self) -> None:
+        self._live[self.subject] -= 1
+        await self._inner.unsubscribe()
+
+
+class Gated(InProcTransport):
+    """The in-process transport, where subscribing to ``held`` waits for ``gate`` (a slow
+    server), counting the live subscriptions per subject."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = ""
+        self.gate = anyio.Event()
+        self.waiting = 0
+        self.live: collections.Counter[str] = collections.Counter()
+
+    async def subscribe(self, subject: str, handler: Any, *, timeout: float) -> Any:
+        if subject == self.held:
+            self.waiting += 1
+            await self.gate.wait()
+        sub = await super().subscribe(subject, handler, timeout=timeout)
+        self.live[subject] += 1
+        return _Tracked(sub, self.live)
+
+
+async def test_a_caller_cancelled_mid_subscription_leaves_the_agent_reachable() -> None:
+    t = Gated()
+    async with bus_with(("alice",), transport=t) as (bus, d):
+        got: list[Any] = []
+
+        async def fn(msg: Any, sender: Any) -> None:
+            got.append(msg)
+
+        t.held = "symbi.keys.bob"  # bob's first subscription is made, the second hangs
+        bus.register_agent("bob")
+        d.add_agent("bob", fn)
+        with anyio.move_on_after(0.1) as scope:  # the caller gives up meanwhile
+            await bus.send(Note(text="a"), sender="alice", to="alice", timeout=5)
+        assert scope.cancelled_caught
+        await settle(lambda: t.waiting == 2)  # retried in the background
+        t.gate.set()
+        await settle(lambda: t.live["symbi.keys.bob"] == 1)
+        # the half-made subscription was undone: bob listens once, not twice
+        assert t.live["symbi.agent.bob"] == 1
+        await bus.send(Note(text="b"), sender="alice", to="bob", timeout=5)
+        await settle(lambda: got == [Note(text="b")])
+
+
+# ------------------------------------------------------------------ handler checks
+async def test_subscribe_refuses_a_handler_that_is_not_async() -> None:
+    async with symbi.Runtime() as rt:
+        got: list[str] = []
+
+        def plain(msg: Note, meta: SecureMessage) -> None:
+            got.append(msg.text)
+
+        for bad in (lambda m, meta: got.append(m), plain, functools.partial(plain)):
+            with pytest.raises(InvalidArgument, match="async") as ei:
+                rt.subscribe("t.x", bad)  # type: ignore[arg-type]
+            assert ei.value.argument == "handler"
+
+        async def tagged(tag: str, msg: Note, meta: SecureMessage) -> None:
+            got.append(f"{tag}:{msg.text}")
+
+        class Handler:
+            async def __call__(self, msg: Note, meta: SecureMessage) -> None:
+                got.append(f"obj:{msg.text}")
+
+        rt.subscribe("t.p", functools.partial(tagged, "partial"))
+        rt.subscribe("t.o", Handler())
+        await rt.publish("t.p", Note(text="x"))
+        await rt.publish("t.o", Note(text="y"))
+        await settle(lambda: len(got) == 2)
+        assert sorted(got) == ["obj:y", "partial:x"] and not rt.dead_letters
