@@ -53,6 +53,8 @@ CASES: list[tuple[str, Callable[[], Any], str]] = [
     ("Config.from_toml(bytes)", lambda: Config.from_toml(b"[runtime]"), "text"),  # type: ignore[arg-type]
     ("Config.from_toml(source=5)", lambda: Config.from_toml("", source=5), "source"),  # type: ignore[arg-type]
     ("Config.from_dict(env=5)", lambda: Config.from_dict({}, env=5), "env"),  # type: ignore[arg-type]
+    # bus
+    ("Bus.add_peer(str)", lambda: symbi.Bus().add_peer("x", "str"), "bundle"),  # type: ignore[arg-type]
     # policy engine
     ("PolicyEngine(policies=5)", lambda: PolicyEngine(policies=5), "policies"),  # type: ignore[arg-type]
     ("PolicyEngine(policies=dict)", lambda: PolicyEngine(policies={"name": "p"}), "policies"),  # type: ignore[arg-type]

@@ -553,7 +553,15 @@ class Bus:
 
     def add_peer(self, agent_id: str, bundle: bytes) -> None:
         """Pin a remote agent's public bundle (instead of looking it up on first use)."""
-        self._ring.add_peer(check_agent_id(agent_id), bundle)
+        if not isinstance(bundle, (bytes, bytearray, memoryview)):
+            raise InvalidArgument(
+                "bundle must be the 64-byte public bundle from bus.bundle(agent_id) "
+                f"(Ed25519 key, X25519 key) as bytes, got {type(bundle).__name__}",
+                argument="bundle",
+                expected="bytes (64)",
+                got=type(bundle).__name__,
+            )
+        self._ring.add_peer(check_agent_id(agent_id), bytes(bundle))
         self._peers.add(agent_id)
 
     async def _unsubscribe_leaving(self) -> None:
