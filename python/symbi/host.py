@@ -319,6 +319,7 @@ class AgentHost:
         self._completed = 0
         self._late_replies = 0
         self._task_timeouts = 0
+        self._inboxes: dict[str, Callable[[Any, Any], Awaitable[None]]] = {}
         # A message's size in the mailbox is its msgpack size: one encoder and one scratch
         # buffer per host (one event loop, so one thread) measure it without allocating.
         self._encoder = msgspec.msgpack.Encoder()
@@ -575,7 +576,12 @@ class AgentHost:
 
     def _topic_inbox(self, agent_id: str) -> Callable[[Any, Any], Awaitable[None]]:
         """A bus topic handler that queues each opened copy in ``agent_id``'s mailbox; a
-        copy it cannot take (full, no handler, terminated) is dead-lettered."""
+        copy it cannot take (full, no handler, terminated) is dead-lettered. One per
+        agent, so the bus sees overlapping patterns of one agent as one handler and
+        queues a copy once."""
+        known = self._inboxes.get(agent_id)
+        if known is not None:
+            return known
 
         async def inbox(msg: Any, meta: Any) -> None:
             try:
@@ -594,6 +600,7 @@ class AgentHost:
                     attempts=1,
                 )
 
+        self._inboxes[agent_id] = inbox
         return inbox
 
     def describe(self, agent_id: str) -> Optional[dict[str, Any]]:
@@ -1184,6 +1191,7 @@ class AgentHost:
         for turn in rec.space or ():
             turn.set()  # they see the agent is gone
         self._by_name.pop(rec.name, None)
+        self._inboxes.pop(rec.id, None)
         del self._agents[rec.id]
         self._bus.unregister_agent(rec.id)
         if running:

@@ -336,3 +336,40 @@ async def test_subscribe_refuses_a_handler_that_is_not_async() -> None:
         await rt.publish("t.o", Note(text="y"))
         await settle(lambda: len(got) == 2)
         assert sorted(got) == ["obj:y", "partial:x"] and not rt.dead_letters
+
+
+# ------------------------------------------------------- overlapping subscriptions
+async def test_overlapping_subscriptions_of_one_subscriber_each_get_the_copy() -> None:
+    """One envelope opens once per subscriber (a second open is a replay), yet each of its
+    handlers whose pattern matches gets the copy; one handler or one agent gets it once."""
+    seen: list[tuple[str, str]] = []
+
+    def recorder(tag: str) -> Any:
+        async def handler(msg: Note, meta: SecureMessage) -> None:
+            seen.append((tag, msg.text))
+
+        return handler
+
+    class Reader(symbi.Agent):
+        def __init__(self) -> None:
+            super().__init__()
+            self.got: list[str] = []
+
+        @symbi.handler
+        async def on_note(self, msg: Note, ctx: symbi.Context) -> None:
+            self.got.append(msg.text)
+
+    async with symbi.Runtime() as rt:
+        reader = Reader()
+        await rt.spawn(reader, name="reader", topics=["news.*", "news.>"])
+        exact, wild = recorder("exact"), recorder("wild")
+        rt.subscribe("news.today", exact)
+        rt.subscribe("news.*", wild)
+        rt.subscribe("news.>", wild)  # the same handler again: still one copy for it
+        await rt.bus.flush(timeout=5)
+        await rt.publish("news.today", Note(text="hello"), timeout=5)
+        await settle(lambda: len(seen) >= 2 and reader.got)
+        await anyio.sleep(0.1)  # any extra copy would have arrived by now
+        assert sorted(seen) == [("exact", "hello"), ("wild", "hello")]
+        assert reader.got == ["hello"]
+        assert rt.dead_letters == []

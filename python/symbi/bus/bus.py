@@ -167,6 +167,21 @@ class Subscription:
         return f"Subscription({self.pattern!r}, subscriber={self.subscriber!r})"
 
 
+class _Fanout:
+    """A topic copy opened for a subscriber, and the handlers that have had it."""
+
+    __slots__ = ("handlers", "meta", "msg")
+
+    def __init__(self, msg: Any, meta: SecureMessage, handlers: list[TopicHandler]) -> None:
+        self.msg = msg
+        self.meta = meta
+        self.handlers = handlers
+
+
+#: Copies remembered for subscribers with overlapping subscriptions (the other matching
+#: subscriptions' deliveries arrive right after the first).
+_FANOUT_KEPT = 4096
+
 _PLAIN_TOKEN = re.compile(r"[A-Za-z0-9_\-]+")
 
 
@@ -370,6 +385,9 @@ class Bus:
         self._subscriptions: set[Subscription] = set()
         # The same subscriptions by subscriber, so unregistering an agent is O(its own).
         self._subs_of: dict[str, set[Subscription]] = {}
+        # Copies just opened for a subscriber with several subscriptions: a second
+        # subscription matching the same topic must not see a replay and lose the copy.
+        self._fanout: collections.OrderedDict[tuple[str, str], _Fanout] = collections.OrderedDict()
         self._inactive: list[Subscription] = []
         self._subscribing = False  # a background _subscribe_pending task is scheduled
         # Transport subscriptions of agents that left, for _unsubscribe_leaving.
@@ -2071,13 +2089,24 @@ class Bus:
                 raise
             mid, sender, topic, is_topic, _ts, ctype, payload, dup = opened
             if dup:
-                self.stats.duplicates += 1
-                return
-            if not is_topic:
-                raise DeliveryError("a direct envelope on a topic subject", reason="malformed")
-            frame = codec.decode_frame(payload)
-            msg = codec.decode_body(ctype, frame.body)
-            meta = SecureMessage.from_wire(data)
+                # Opened already: a replay, unless another subscription of this subscriber
+                # matched the same topic; then this handler gets the copy too.
+                fan = self._fanout.get((opener, mid))
+                if fan is None or any(h == sub.handler for h in fan.handlers):
+                    self.stats.duplicates += 1
+                    return
+                fan.handlers.append(sub.handler)
+                msg, meta = fan.msg, fan.meta
+            else:
+                if not is_topic:
+                    raise DeliveryError("a direct envelope on a topic subject", reason="malformed")
+                frame = codec.decode_frame(payload)
+                msg = codec.decode_body(ctype, frame.body)
+                meta = SecureMessage.from_wire(data)
+                if len(self._subs_of.get(opener, ())) > 1:
+                    self._fanout[(opener, mid)] = _Fanout(msg, meta, [sub.handler])
+                    if len(self._fanout) > _FANOUT_KEPT:
+                        self._fanout.popitem(last=False)
         except SymbiError as e:
             if not isinstance(e, (SignatureError, DecryptError, ReplayError)):
                 self._reject(e, opener, data)
