@@ -310,6 +310,41 @@ async def test_a_caller_cancelled_mid_subscription_leaves_the_agent_reachable() 
         await settle(lambda: got == [Note(text="b")])
 
 
+async def test_flush_waits_for_a_subscribe_another_task_has_under_way() -> None:
+    t = Gated()
+    async with bus_with(("alice",), transport=t) as (bus, _d):
+        await bus.flush(timeout=5)
+        t.held = "symbi.keys.bob"
+        bus.register_agent("bob")  # the background subscriber takes it, then waits
+        await settle(lambda: t.waiting == 1)
+        flushed = anyio.Event()
+
+        async def flush() -> None:
+            await bus.flush(timeout=5)
+            flushed.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flush)
+            await anyio.sleep(0.1)
+            assert not flushed.is_set()  # bob is not listening yet
+            t.gate.set()
+        assert t.live["symbi.keys.bob"] == 1 and t.live["symbi.agent.bob"] == 1
+
+
+async def test_subscriptions_made_for_an_agent_that_left_meanwhile_are_dropped() -> None:
+    t = Gated()
+    async with bus_with(("alice",), transport=t) as (bus, _d):
+        t.held = "symbi.keys.bob"
+        bus.register_agent("bob")
+        await settle(lambda: t.waiting == 1)
+        bus.unregister_agent("bob")  # while its subscriptions are being made
+        t.gate.set()
+        await settle(lambda: t.live["symbi.keys.bob"] == 0 == t.live["symbi.agent.bob"])
+        await bus.flush(timeout=5)
+        assert t.live["symbi.keys.bob"] == 0 == t.live["symbi.agent.bob"]
+        assert "bob" not in bus._agent_subs
+
+
 # ------------------------------------------------------------------ handler checks
 async def test_subscribe_refuses_a_handler_that_is_not_async() -> None:
     async with symbi.Runtime() as rt:

@@ -385,6 +385,9 @@ class Bus:
         self._subscriptions: set[Subscription] = set()
         # The same subscriptions by subscriber, so unregistering an agent is O(its own).
         self._subs_of: dict[str, set[Subscription]] = {}
+        # Transport subscribe calls in progress, and the event flush() waits on for them.
+        self._making = 0
+        self._made: Optional[anyio.Event] = None
         # Copies just opened for a subscriber with several subscriptions: a second
         # subscription matching the same topic must not see a replay and lose the copy.
         self._fanout: collections.OrderedDict[tuple[str, str], _Fanout] = collections.OrderedDict()
@@ -559,6 +562,9 @@ class Bus:
             self._forget_subscription(s)
             if s._transport_sub is not None:
                 subs.append(s._transport_sub)
+        self._drop_transport_subs(subs)
+
+    def _drop_transport_subs(self, subs: list[TransportSubscription]) -> None:
         if subs and self._tg is not None:
             # One background task unsubscribes for every agent that left meanwhile.
             self._leaving.extend(subs)
@@ -721,7 +727,10 @@ class Bus:
                 ],
                 functools.partial(self._need_subs.add, agent),
             )
-            self._agent_subs.setdefault(agent, []).extend(subs)
+            if agent in self._agents:
+                self._agent_subs.setdefault(agent, []).extend(subs)
+            else:  # unregistered while they were being made
+                self._drop_transport_subs(subs)
         while self._inactive:
             sub = self._inactive.pop()
             if sub.active:
@@ -739,6 +748,7 @@ class Bus:
         included, undo the ones made and ``requeue()`` the owner for the background
         subscriber (or the next use) to retry, instead of leaving it unreachable."""
         made: list[TransportSubscription] = []
+        self._making += 1
         try:
             for subject, handler in wanted:
                 made.append(
@@ -754,6 +764,11 @@ class Bus:
                     except Exception:  # the original failure is what the caller needs
                         log.exception("could not undo the subscription to %s", s.subject)
             raise
+        finally:
+            self._making -= 1
+            if not self._making and self._made is not None:
+                self._made.set()  # a flush() waiting on someone else's subscribe
+                self._made = None
         return made
 
     def _subscribe_soon(self) -> None:
@@ -783,6 +798,11 @@ class Bus:
         self._require_running()
         with anyio.fail_after(timeout):
             await self._subscribe_pending()
+            while self._making:  # another task (the background subscriber) is mid-way
+                if self._made is None:
+                    self._made = anyio.Event()
+                await self._made.wait()
+                await self._subscribe_pending()  # what it handed back, if it failed
             flush = getattr(self._transport, "flush", None)
             if flush is not None:
                 await flush(timeout=timeout)
