@@ -1,5 +1,5 @@
-"""Properties of the policy engine: DSL <-> dict round-trips, deny overrides allow, and
-batch decisions equal single decisions."""
+"""Properties of the policy engine: DSL <-> dict round-trips, deny overrides allow, batch
+decisions equal single decisions, and comparisons of mismatched types fail closed."""
 
 from __future__ import annotations
 
@@ -219,3 +219,58 @@ def test_deny_overrides_allow(policies, extra_denies, request, enforce):
 def test_evaluate_batch_equals_evaluate(policies, reqs, enforce):
     e = PolicyEngine(enforce_policies=enforce, policies=policies)
     assert e.evaluate_batch(reqs) == [e.evaluate(r) for r in reqs]
+
+
+# ------------------------------------------------------------ type mismatches
+
+# Values of different kinds cannot be compared (null compares with anything, so it is left
+# out); ints and floats are one kind. A NaN compares with nothing but null.
+KINDS = {
+    "bool": st.booleans(),
+    "number": st.one_of(ints, floats),
+    "string": texts,
+    "list": st.lists(st.one_of(st.booleans(), ints, floats, texts), max_size=2),
+}
+NAN = st.just(float("nan"))
+
+
+@st.composite
+def mismatches(draw):
+    """A deny condition comparing `context.x` with values it cannot be compared with, and
+    the request context. Every pair of items compared is incomparable, so no `in` can
+    match and no list or mapping `==` can be decided."""
+    kx = draw(st.sampled_from([*KINDS, "nan"]))
+    ky = draw(st.sampled_from([k for k in KINDS if k != kx]))
+    n = draw(st.integers(1, 3))
+    xs = draw(st.lists(NAN if kx == "nan" else KINDS[kx], min_size=n, max_size=n))
+    ys = draw(st.lists(KINDS[ky], min_size=n, max_size=n))
+    op = draw(st.sampled_from(["==", "!=", "in", "not in"]))
+    shape = draw(st.sampled_from(["scalar", "list", "mapping"]))
+    if shape == "scalar":  # x against y, or against a list of ys
+        x, y = xs[0], (ys[0] if op in ("==", "!=") else ys)
+    elif shape == "list":  # a list of xs against a list of ys of the same length
+        x, y = xs, (ys if op in ("==", "!=") else [ys])
+    else:  # mappings with the same keys; read from the request, there are no map literals
+        x = {f"k{i}": v for i, v in enumerate(xs)}
+        y = {f"k{i}": v for i, v in enumerate(ys)}
+        y = y if op in ("==", "!=") else [y]
+        return f"context.x {op} context.y", {"x": x, "y": y}
+    return f"context.x {op} {lit(y)}", {"x": x}
+
+
+@settings(max_examples=300, deadline=None)
+@given(mismatches(), st.booleans())
+def test_a_deny_over_mismatched_types_never_allows(case, enforce):
+    condition, context = case
+    e = PolicyEngine(
+        enforce_policies=enforce,
+        policies=[
+            {"name": "open", "rules": [{"effect": "allow", "actions": ["*"]}]},
+            {"name": "guard", "rules": [{"effect": "deny", "actions": ["read"], "if": condition}]},
+        ],
+    )
+    r = PolicyRequest(principal="a", action="read", resource="r", context=context)
+    d = e.evaluate(r)
+    assert isinstance(d, Deny), (condition, context, d)
+    assert "cannot apply" in d.reason and "fail closed" in d.reason, d.reason
+    assert e.evaluate_batch([r]) == [d]

@@ -3,6 +3,7 @@ reload, batches, the audit of denials and the runtime wiring."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -146,6 +147,12 @@ def test_principal_scope():
         ("context.flag", {"flag": 1}, "not a bool"),
         ("context.a.b == 1", {"a": "text"}, "has no field"),
         ("context.n in 5", {"n": 5}, "cannot apply `in`"),
+        # Items of another type are type errors too, not a silent "no match".
+        ("context.n in [0, 1]", {"n": "0"}, "cannot apply `in` to a string and a list"),
+        ("context.n not in [0, 1]", {"n": "0"}, "(a string against a number)"),
+        ("context.x == [1]", {"x": ["1"]}, "cannot apply `==` to a list and a list"),
+        ("context.x != context.y", {"x": {"a": 1}, "y": {"a": "1"}}, "cannot apply `!=`"),
+        ("context.x != 1", {"x": float("nan")}, "cannot apply `!=` to a NaN and a number"),
     ],
 )
 def test_conditions_that_cannot_be_evaluated_deny_and_say_why(condition, context, words):
@@ -155,6 +162,21 @@ def test_conditions_that_cannot_be_evaluated_deny_and_say_why(condition, context
         d = e.evaluate(req(**context))
         assert isinstance(d, Deny), d
         assert words in d.reason and "fail closed" in d.reason
+
+
+def test_a_deny_over_values_of_another_type_denies_but_unequal_values_do_not():
+    e = PolicyEngine(
+        policies=[
+            "policy p { allow: read deny: read if principal.level in [0, 1] "
+            'deny: read if "pii" in context.labels }'
+        ]
+    )
+    d = e.evaluate(req(Principal(id="a", attrs={"level": "0"}), labels=[]))
+    assert isinstance(d, Deny) and "fail closed" in d.reason, d
+    assert not e.evaluate(req(Principal(id="a", attrs={"level": 1}), labels=[])).allowed
+    # Same types, different values: a plain "no match", so the allow stands.
+    assert e.evaluate(req(Principal(id="a", attrs={"level": 2}), labels=["PII"])) == Allow()
+    assert e.evaluate(req(Principal(id="a", attrs={"level": 2.5, "x": None}), labels=[])) == Allow()
 
 
 @pytest.mark.parametrize(
@@ -267,6 +289,38 @@ def test_reload_is_atomic_under_concurrent_decisions():
         stop.set()
         t.join(timeout=10)
     assert bad == []
+
+
+def test_register_all_is_atomic_under_concurrent_decisions():
+    # Policy p{i} allows only action a{i}: a decision that saw part of one register_all
+    # allows some of the actions but not all.
+    n = 40
+    text = "\n".join(f"policy p{i} {{ allow: a{i} }}" for i in range(n))
+    reqs = [req(action=f"a{i}") for i in range(n)]
+    e = PolicyEngine()
+    stop = threading.Event()
+    partial: list[int] = []
+
+    def decide() -> None:
+        while not stop.is_set():
+            allowed = sum(d.allowed for d in e.evaluate_batch(reqs))
+            if allowed not in (0, n):
+                partial.append(allowed)
+
+    # Switch threads often, so the decider runs between any two steps of the writer.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    t = threading.Thread(target=decide)
+    t.start()
+    try:
+        for _ in range(100):
+            assert len(e.register_all(text)) == n
+            e.reload([])
+    finally:
+        stop.set()
+        t.join(timeout=10)
+        sys.setswitchinterval(interval)
+    assert partial == []
 
 
 def test_batch_equals_single():

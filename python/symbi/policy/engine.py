@@ -111,8 +111,7 @@ class PolicyEngine:
         self._decisions = 0
         self._denials = 0
         self._sink_failures = 0
-        for p in _policy_list(policies, "policies"):
-            self._core.register(p)
+        self._core.register_all(_policy_list(policies, "policies"))
 
     # ---------------------------------------------------------------- settings
     @property
@@ -151,13 +150,14 @@ class PolicyEngine:
         return self._core.register(to_policy(policy))
 
     def register_all(self, policies: Union[str, Iterable[PolicyLike]]) -> list[str]:
-        """Add several policies (or every block of one DSL text); returns their ids."""
+        """Add several policies (or every block of one DSL text) in one atomic swap; returns
+        their ids."""
         items = parse(policies) if isinstance(policies, str) else _policy_list(policies, "policies")
-        return [self._core.register(p) for p in items]
+        return self._core.register_all(items)
 
     def load_file(self, path: Union[str, Path]) -> list[str]:
         """Register every policy in a .symbi/.policy/.toml/.json file; returns their ids."""
-        return [self._core.register(p) for p in load_file(_path_arg(path))]
+        return self._core.register_all(load_file(_path_arg(path)))
 
     def replace(self, policy_id: str, policy: PolicyLike) -> None:
         """Swap the policy under ``policy_id`` atomically; it keeps its id and place."""

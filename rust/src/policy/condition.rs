@@ -134,22 +134,53 @@ fn num(v: &Value) -> Option<f64> {
     }
 }
 
-/// Typed equality: `None` when the types cannot be compared.
+/// Typed equality: `None` when the types cannot be compared. Null compares with anything
+/// (`x == null` asks "is it unset"); NaN with nothing else, as in [`order`].
 fn equal(a: &Value, b: &Value) -> Option<bool> {
     Some(match (a, b) {
+        (Value::Null, Value::Null) => true,
+        (Value::Null, _) | (_, Value::Null) => false,
         (Value::Int(x), Value::Int(y)) => x == y,
-        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => num(a) == num(b),
+        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+            let (x, y) = (num(a)?, num(b)?);
+            if x.is_nan() || y.is_nan() {
+                return None;
+            }
+            x == y
+        }
         (Value::Str(x), Value::Str(y)) => x == y,
         (Value::Bool(x), Value::Bool(y)) => x == y,
-        (Value::Null, Value::Null) => true,
-        // null is comparable with anything: `x == null` asks "is it unset".
-        (Value::Null, _) | (_, Value::Null) => false,
-        (Value::List(x), Value::List(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| equal(p, q) == Some(true))
+        (Value::List(x), Value::List(y)) => all_equal(x.iter().zip(y))? && x.len() == y.len(),
+        (Value::Map(x), Value::Map(y)) => {
+            let shared = x.iter().filter_map(|(k, v)| Some((v, y.get(k)?)));
+            all_equal(shared)? && x.len() == y.len() && x.keys().all(|k| y.contains_key(k))
         }
-        (Value::Map(x), Value::Map(y)) => x == y,
         _ => return None,
     })
+}
+
+/// Whether every pair is equal. Any incomparable pair makes it `None`, even after an
+/// unequal one: `[1] == ["1"]` is a type error, as `1 == "1"` is, not `false`.
+fn all_equal<'v>(pairs: impl Iterator<Item = (&'v Value, &'v Value)>) -> Option<bool> {
+    let mut all = true;
+    for (p, q) in pairs {
+        all &= equal(p, q)?;
+    }
+    Some(all)
+}
+
+/// Whether `x` equals one of `items`. With no match, an item that cannot be compared with
+/// `x` makes it `None`: `"0" in [0, 1]` is a type error, so `not in` cannot turn it true.
+fn member(x: &Value, items: &[Value]) -> Option<bool> {
+    let mut comparable = true;
+    for i in items {
+        match equal(x, i) {
+            Some(true) => return Some(true),
+            Some(false) => {}
+            None => comparable = false,
+        }
+    }
+    comparable.then_some(false)
 }
 
 fn order(a: &Value, b: &Value) -> Option<Ordering> {
@@ -160,13 +191,55 @@ fn order(a: &Value, b: &Value) -> Option<Ordering> {
     }
 }
 
+/// The innermost pair of values that `equal` cannot compare, to name it in errors.
+fn culprit<'v>(a: &'v Value, b: &'v Value) -> (&'v Value, &'v Value) {
+    let inner = match (a, b) {
+        (Value::List(x), Value::List(y)) => x.iter().zip(y).find(|(p, q)| equal(p, q).is_none()),
+        (Value::Map(x), Value::Map(y)) => x
+            .iter()
+            .filter_map(|(k, v)| Some((v, y.get(k)?)))
+            .find(|(p, q)| equal(p, q).is_none()),
+        _ => None,
+    };
+    inner.map_or((a, b), |(p, q)| culprit(p, q))
+}
+
+fn describe(v: &Value) -> &'static str {
+    match v {
+        Value::Float(f) if f.is_nan() => "NaN",
+        v => v.type_name(),
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn mismatch(op: &str, a: &Value, b: &Value, e: &Expr) -> PolicyError {
+    let (x, y) = match (op, b) {
+        ("in", Value::List(items)) => match items.iter().find(|i| equal(a, i).is_none()) {
+            Some(i) => culprit(a, i),
+            None => (a, b),
+        },
+        _ => culprit(a, b),
+    };
+    let detail = if std::ptr::eq(x, a) && std::ptr::eq(y, b) {
+        String::new()
+    } else {
+        format!(" (a {} against a {})", describe(x), describe(y))
+    };
+    let hint = match op {
+        "==" | "!=" => {
+            "compare values of one type (ints and floats mix; anything compares with null)"
+        }
+        "in" if matches!(b, Value::List(_)) => {
+            "make the value the same type as the list items (ints and floats mix)"
+        }
+        "in" => "`in` looks in a list (items), a string (substrings) or a mapping (keys)",
+        _ => "order two numbers (not NaN) or two strings",
+    };
     PolicyError::Eval(format!(
-        "cannot apply `{op}` to a {} and a {} in `{}`",
-        a.type_name(),
-        b.type_name(),
+        "cannot apply `{op}` to a {} and a {}{detail} in `{}`; {hint}",
+        describe(a),
+        describe(b),
         super::ast::expr_to_string(e)
     ))
 }
@@ -196,7 +269,9 @@ fn eval<'a>(e: &'a Expr, req: &'a Request) -> Result<V<'a>> {
             let (x, y) = (eval(a, req)?, eval(b, req)?);
             let (x, y) = (x.get(), y.get());
             V::B(match (x, y) {
-                (_, Value::List(items)) => items.iter().any(|i| equal(x, i) == Some(true)),
+                (_, Value::List(items)) => {
+                    member(x, items).ok_or_else(|| mismatch("in", x, y, e))?
+                }
                 (Value::Str(s), Value::Str(hay)) => hay.contains(s.as_str()),
                 (Value::Str(s), Value::Map(m)) => m.contains_key(s),
                 _ => return Err(mismatch("in", x, y, e)),
@@ -269,6 +344,8 @@ mod tests {
     fn conditions_at_the_depth_limit_evaluate_on_a_small_stack() {
         use super::super::parser::MAX_DEPTH as N;
         let list = format!("{}1{}", "[".repeat(N), "]".repeat(N));
+        // As deep as `list`'s item, so every level is compared before the `false`.
+        let item = format!("{}2{}", "[".repeat(N - 1), "]".repeat(N - 1));
         let cases = [
             (
                 format!("{}principal.level == 3{}", "(".repeat(N), ")".repeat(N)),
@@ -279,7 +356,7 @@ mod tests {
             (format!("true{}", " && true".repeat(N)), true),
             (format!("false{}", " || false".repeat(N)), false),
             (format!("{list} == {list}"), true),
-            (format!("{list} in {list}"), false),
+            (format!("{item} in {list}"), false),
             (
                 format!(
                     "{}!(1 in [2]){}",
@@ -315,6 +392,75 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    /// `in`, `not in` and list or mapping `==`/`!=` over items of another type are type
+    /// errors, as `1 == "1"` is: never a `false` that a deny rule reads as "no match".
+    #[test]
+    fn incomparable_items_are_errors_not_false() {
+        let mut r = req();
+        let map = |v: Value| Value::Map(Map::from([("a".to_string(), v)]));
+        r.context.insert("int_a".into(), map(Value::Int(1)));
+        r.context
+            .insert("str_a".into(), map(Value::Str("1".into())));
+        r.context.insert("float_a".into(), map(Value::Float(1.0)));
+        r.context.insert(
+            "int_b".into(),
+            Value::Map(Map::from([("b".into(), Value::Int(1))])),
+        );
+        r.context.insert("nan".into(), Value::Float(f64::NAN));
+        let check = |text: &str| truth(&parse_condition(text, "c", &[]).unwrap(), &r);
+        for text in [
+            r#"principal.level in ["3", "4"]"#,
+            r#"principal.level not in ["3", "4"]"#,
+            r#"principal.level in [1, "3"]"#,
+            "principal.role in [1, 2]",
+            "resource.labels == [1]",
+            "resource.labels != [1]",
+            r#"resource.labels == [1, "pii"]"#,
+            "[1] == [[1]]",
+            "[true] != [1]",
+            "context.int_a == context.str_a",
+            "context.int_a != context.str_a",
+            "context.nan == 1",
+            "context.nan != 1",
+            "context.nan in [1, 2]",
+            "context.nan not in [1, 2]",
+        ] {
+            assert!(check(text).is_err(), "{text}: {:?}", check(text));
+        }
+        for (text, want) in [
+            // Unequal values of one type are a plain `false`.
+            (r#""PII" in resource.labels"#, false),
+            (r#""PII" not in resource.labels"#, true),
+            ("principal.level in [1, 2.5]", false),
+            ("principal.level not in [1, 2.5]", true),
+            ("principal.level in [1, 3.0]", true),
+            ("principal.level in []", false),
+            // null compares with anything; a match wins over items of other types.
+            ("principal.level in [null]", false),
+            (r#"principal.level in ["x", 3]"#, true),
+            (r#"resource.labels == ["pii"]"#, true),
+            (r#"resource.labels == ["pii", "x"]"#, false),
+            ("resource.labels == []", false),
+            ("[null] == [1]", false),
+            ("[1, 2] == [1.0, 2]", true),
+            ("context.int_a == context.float_a", true),
+            ("context.int_a != context.int_b", true),
+            ("context.nan == null", false),
+        ] {
+            assert_eq!(check(text), Ok(want), "{text}");
+        }
+        let e = check(r#"principal.level in ["3"]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot apply `in` to a number and a list (a number against a string)")
+                && e.contains("make the value the same type as the list items"),
+            "{e}"
+        );
+        let e = check("context.nan != 1").unwrap_err().to_string();
+        assert!(e.contains("to a NaN and a number"), "{e}");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The decision procedure over a compiled, atomically swapped policy set.
 //!
-//! Registering, replacing or removing a policy rebuilds the compiled set (rules indexed by
-//! action) and swaps it in with one atomic store: every decision sees either the old set or
-//! the new one, never a mix. Deny overrides allow; a condition that fails to evaluate
-//! denies (fail closed); with `enforce` on, no matching allow denies.
+//! Registering (one policy or many), replacing, removing or reloading policies rebuilds the
+//! compiled set (rules indexed by action) once and swaps it in with one atomic store: every
+//! decision sees either the old set or the new one, never a mix. Deny overrides allow; a
+//! condition that fails to evaluate denies (fail closed); with `enforce` on, no matching
+//! allow denies.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -72,7 +73,7 @@ struct Compiled {
 }
 
 impl Compiled {
-    fn build(policies: &[(String, Policy)], enforce: bool) -> Compiled {
+    fn build(policies: &[(String, Arc<Policy>)], enforce: bool) -> Compiled {
         let mut rules: Vec<(Vec<String>, Effect, Arc<CRule>)> = Vec::new();
         for (_, p) in policies {
             let name: Arc<str> = Arc::from(p.name.as_str());
@@ -227,8 +228,10 @@ impl Compiled {
 }
 
 /// What writers change: the registered policies in order, the id counter, enforcement.
+#[derive(Clone)]
 struct Registry {
-    policies: Vec<(String, Policy)>,
+    /// Shared with earlier versions, so a writer's working copy is cheap.
+    policies: Vec<(String, Arc<Policy>)>,
     seq: u64,
     enforce: bool,
 }
@@ -252,75 +255,76 @@ impl Engine {
         }
     }
 
-    fn with_policies<T>(
-        &self,
-        f: impl FnOnce(&mut Vec<(String, Policy)>, &mut u64, &mut bool) -> Result<T>,
-    ) -> Result<T> {
+    /// Apply `f` to a copy of the registry; on success compile the result once, publish it
+    /// with one store and keep it. On error nothing changes, so `f` may fail half-way.
+    fn with_policies<T>(&self, f: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
         let mut g = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        let Registry {
-            policies,
-            seq,
-            enforce,
-        } = &mut *g;
-        let out = f(policies, seq, enforce)?;
+        let mut next = g.clone();
+        let out = f(&mut next)?;
         self.compiled
-            .store(Arc::new(Compiled::build(policies, *enforce)));
+            .store(Arc::new(Compiled::build(&next.policies, next.enforce)));
+        *g = next;
         Ok(out)
     }
 
-    fn new_id(seq: &mut u64, p: &Policy) -> String {
-        *seq += 1;
-        format!("{}#{}", p.name, seq)
+    /// Append `policies` in order, giving each a fresh id.
+    fn append(r: &mut Registry, policies: Vec<Policy>) -> Vec<String> {
+        policies
+            .into_iter()
+            .map(|p| {
+                r.seq += 1;
+                let id = format!("{}#{}", p.name, r.seq);
+                r.policies.push((id.clone(), Arc::new(p)));
+                id
+            })
+            .collect()
     }
 
     pub fn register(&self, p: Policy) -> Result<String> {
-        self.with_policies(|ps, seq, _| {
-            let id = Self::new_id(seq, &p);
-            ps.push((id.clone(), p));
-            Ok(id)
-        })
+        self.with_policies(|r| Ok(Self::append(r, vec![p]).remove(0)))
+    }
+
+    /// Add several policies in one atomic swap; returns their ids in order.
+    pub fn register_all(&self, policies: Vec<Policy>) -> Result<Vec<String>> {
+        self.with_policies(|r| Ok(Self::append(r, policies)))
     }
 
     /// Replace every registered policy at once; returns the new ids.
     pub fn reload(&self, policies: Vec<Policy>) -> Result<Vec<String>> {
-        self.with_policies(|ps, seq, _| {
-            ps.clear();
-            let mut ids = Vec::new();
-            for p in policies {
-                let id = Self::new_id(seq, &p);
-                ids.push(id.clone());
-                ps.push((id, p));
-            }
-            Ok(ids)
+        self.with_policies(|r| {
+            r.policies.clear();
+            Ok(Self::append(r, policies))
         })
     }
 
     /// Replace the policy under `id`, keeping its id and its place in the order.
     pub fn replace(&self, id: &str, p: Policy) -> Result<()> {
-        self.with_policies(|ps, _, _| {
-            let slot = ps
+        self.with_policies(|r| {
+            let slot = r
+                .policies
                 .iter_mut()
                 .find(|(i, _)| i == id)
                 .ok_or_else(|| PolicyError::UnknownPolicy(id.into()))?;
-            slot.1 = p;
+            slot.1 = Arc::new(p);
             Ok(())
         })
     }
 
     pub fn remove(&self, id: &str) -> Result<()> {
-        self.with_policies(|ps, _, _| {
-            let at = ps
+        self.with_policies(|r| {
+            let at = r
+                .policies
                 .iter()
                 .position(|(i, _)| i == id)
                 .ok_or_else(|| PolicyError::UnknownPolicy(id.into()))?;
-            ps.remove(at);
+            r.policies.remove(at);
             Ok(())
         })
     }
 
     pub fn set_enforce(&self, on: bool) {
-        let _ = self.with_policies(|_, _, enforce| {
-            *enforce = on;
+        let _ = self.with_policies(|r| {
+            r.enforce = on;
             Ok(())
         });
     }
@@ -334,7 +338,7 @@ impl Engine {
         g.policies
             .iter()
             .find(|(i, _)| i == id)
-            .map(|(_, p)| p.clone())
+            .map(|(_, p)| Policy::clone(p))
             .ok_or_else(|| PolicyError::UnknownPolicy(id.into()))
     }
 
@@ -576,6 +580,123 @@ mod tests {
             errors[0]
         );
         assert!(seen[0].load(SeqCst) > 0 && seen[1].load(SeqCst) > 0);
+    }
+
+    /// Policy `p{i}` allows action `a{i}` alone; a snapshot that allows some but not all
+    /// of the actions saw part of one `register_all`.
+    #[test]
+    fn register_all_is_atomic_for_concurrent_deciders() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+        const N: usize = 64;
+        const READERS: usize = 2;
+        const ROUNDS: usize = 200;
+        let text: String = (0..N)
+            .map(|i| format!("policy p{i} {{ allow: a{i} }}\n"))
+            .collect();
+        let set = parse_policies(&text, "t").unwrap();
+        let batch: Vec<Result<Request>> = (0..N)
+            .map(|i| Ok(req("x", &format!("a{i}"), "r")))
+            .collect();
+
+        let e = Engine::new(true);
+        let done = AtomicBool::new(false);
+        let rounds = AtomicUsize::new(0);
+        let seen = [AtomicUsize::new(0), AtomicUsize::new(0)];
+        let partial: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..READERS {
+                s.spawn(|| {
+                    while !done.load(SeqCst) {
+                        let snap = e.snapshot();
+                        let allowed = snap
+                            .decide_batch(&batch)
+                            .iter()
+                            .filter(|d| d.allowed())
+                            .count();
+                        match (allowed, snap.0.count) {
+                            (0, 0) => _ = seen[0].fetch_add(1, SeqCst),
+                            (N, N) => _ = seen[1].fetch_add(1, SeqCst),
+                            other => partial.lock().unwrap().push(other),
+                        }
+                        rounds.fetch_add(1, SeqCst);
+                    }
+                });
+            }
+            s.spawn(|| {
+                let wait = || {
+                    // A round that began after the change decides on the new set.
+                    let start = rounds.load(SeqCst);
+                    while rounds.load(SeqCst) <= start + READERS {
+                        std::thread::yield_now();
+                    }
+                };
+                for _ in 0..ROUNDS {
+                    let ids = e.register_all(set.clone()).unwrap();
+                    assert_eq!(ids.len(), N);
+                    wait();
+                    e.reload(vec![]).unwrap();
+                    wait();
+                }
+                done.store(true, SeqCst);
+            });
+        });
+        let partial = partial.into_inner().unwrap();
+        assert!(
+            partial.is_empty(),
+            "{} snapshots held part of a register_all (allowed, policies): {:?}",
+            partial.len(),
+            &partial[..partial.len().min(5)]
+        );
+        assert!(seen[0].load(SeqCst) > 0 && seen[1].load(SeqCst) > 0);
+    }
+
+    #[test]
+    fn register_all_keeps_order_and_ids_continue() {
+        let e = engine("policy a { allow: read }", true);
+        let ids = e
+            .register_all(
+                parse_policies("policy b { deny: read } policy c { allow: write }", "t").unwrap(),
+            )
+            .unwrap();
+        assert_eq!(ids, ["b#2", "c#3"]);
+        assert_eq!(e.ids(), ["a#1", "b#2", "c#3"]);
+        assert_eq!(e.len(), 3);
+        assert!(!e.evaluate(&req("x", "read", "f")).allowed());
+        assert!(e.evaluate(&req("x", "write", "f")).allowed());
+        assert_eq!(e.register_all(vec![]).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            e.register(
+                parse_policies("policy d { allow: x }", "t")
+                    .unwrap()
+                    .remove(0)
+            ),
+            Ok("d#4".into())
+        );
+    }
+
+    /// A write that fails after changing its copy of the registry (as a failing
+    /// `register_all` would, half-way through) publishes nothing and changes nothing.
+    #[test]
+    fn a_failed_write_publishes_nothing() {
+        let e = engine("policy a { allow: read }", true);
+        let more =
+            parse_policies("policy b { deny: read } policy c { allow: write }", "t").unwrap();
+        let err = e.with_policies(|r| {
+            Engine::append(r, more.clone());
+            r.enforce = false;
+            Err::<(), _>(PolicyError::UnknownPolicy("c#3".into()))
+        });
+        assert_eq!(err, Err(PolicyError::UnknownPolicy("c#3".into())));
+        assert_eq!(e.ids(), ["a#1"]);
+        assert_eq!((e.len(), e.enforce()), (1, true));
+        assert!(e.evaluate(&req("x", "read", "f")).allowed());
+        assert!(!e.evaluate(&req("x", "write", "f")).allowed());
+        // Ids continue from the last write that took effect.
+        assert_eq!(e.register_all(more).unwrap(), ["b#2", "c#3"]);
+        // The next write does not publish what the failed one left behind.
+        assert_eq!(e.ids(), ["a#1", "b#2", "c#3"]);
+        assert!(e.enforce());
     }
 
     #[test]

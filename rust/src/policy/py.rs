@@ -521,6 +521,13 @@ impl PolicyEngineCore {
         Ok(self.engine.register(policy.inner.clone())?)
     }
 
+    /// Add several policies in one atomic swap; returns their ids in order.
+    fn register_all(&self, policies: Vec<PyRef<'_, Policy>>) -> PyResult<Vec<String>> {
+        Ok(self
+            .engine
+            .register_all(policies.iter().map(|p| p.inner.clone()).collect())?)
+    }
+
     fn reload(&self, policies: Vec<PyRef<'_, Policy>>) -> PyResult<Vec<String>> {
         Ok(self
             .engine
