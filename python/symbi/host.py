@@ -192,6 +192,7 @@ class _Record:
         "mailbox",
         "name",
         "on_timeout",
+        "placed",
         "priority",
         "running",
         "scope",
@@ -212,6 +213,10 @@ class _Record:
         self.task_id: Optional[int] = None  # queued or running in the scheduler
         self.running: Optional[_Envelope] = None
         self.scope: Optional[anyio.CancelScope] = None
+        # Its worker (_run): None when it has none; True when one exists (started or
+        # about to) with no placement waiting; a Placement waiting for that worker to
+        # take it. One worker per agent, so a task is never run twice at once.
+        self.placed: Union[bool, Placement, None] = None
         # Senders waiting for room in a full mailbox, first come first served: a freed
         # slot wakes one of them, not all (which cost O(waiters) per message).
         self.space: Optional[deque[anyio.Event]] = None
@@ -387,6 +392,8 @@ class AgentHost:
             raise RuntimeStateError("spawn needs a running runtime: `async with symbi.Runtime()`")
         prio = _priority(priority)
         lim = ResourceLimits.parse(limits)
+        start_s = _timeout("start_timeout", start_timeout)
+        self._check_schedulable(prio, lim)
         caps = tuple(_strings("capabilities", capabilities, "capability names such as 'search'"))
         patterns = _strings("topics", topics, "topic patterns such as 'orders.>'")
         if on_timeout not in ("ready", "suspend"):
@@ -493,10 +500,15 @@ class AgentHost:
                 "capabilities": list(caps),
             },
         )
+        # rec.scope lets terminate() cancel on_start (it cancels a Running task's the same way).
+        start = rec.scope = anyio.CancelScope()
         try:
-            with anyio.fail_after(_timeout("start_timeout", start_timeout)):
+            with start, anyio.fail_after(start_s):
                 await instance.on_start()
         except Exception as e:
+            rec.scope = None
+            if self._agents.get(agent_id) is not rec:
+                raise self._terminated_in_start(rec) from e
             self.lifecycle.transition(agent_id, AgentState.FAILED, f"on_start failed: {e!r}")
             raise SpawnError(
                 f"agent {name!r} failed to initialise: {e!r}; it is Failed, "
@@ -504,8 +516,57 @@ class AgentHost:
                 agent_id=agent_id,
                 name=name,
             ) from e
+        except BaseException:
+            # The caller was cancelled (or interrupted): nobody gets a handle, so nothing
+            # may keep its name, bus identity or policies. Failed, then terminated.
+            rec.scope = None
+            if self._agents.get(agent_id) is rec:
+                self.lifecycle.transition(agent_id, AgentState.FAILED, "spawn cancelled")
+                await self._terminate(rec, "spawn cancelled during on_start", force=False)
+            raise
+        rec.scope = None
+        if self._agents.get(agent_id) is not rec:
+            raise self._terminated_in_start(rec)
         self.lifecycle.transition(agent_id, AgentState.READY, "initialised")
+        # Mail that arrived while it was initialising waits for Ready to be scheduled.
+        self._submit_or_refuse(rec)
+        self._pump()
         return handle
+
+    @staticmethod
+    def _terminated_in_start(rec: _Record) -> SpawnError:
+        return SpawnError(
+            f"agent {rec.name!r} was terminated while initialising (on_start was cancelled); "
+            "it is gone, spawn it again if needed",
+            agent_id=rec.id,
+            name=rec.name,
+        )
+
+    def _check_schedulable(self, prio: Priority, lim: ResourceLimits) -> None:
+        """Refuse limits no worker slot can hold: every task of that agent would fail."""
+        memory, cpu = lim.memory_mb or 0.0, lim.cpu_cores or 0.0
+        if not (memory or cpu):
+            return
+        probe = next(self._task_ids)
+        try:
+            # The scheduler's own rule (placement strategy, critical reserve) decides.
+            self.scheduler.submit(probe, priority=prio, memory_mb=memory, cpu_cores=cpu)
+        except InvalidArgument as e:
+            slots = self.scheduler.status().slots.values()
+            most_cpu = max((u.cpu_cores for u in slots), default=0.0)
+            most_mb = max((u.memory_mb for u in slots), default=0.0)
+            asked = ", ".join(
+                f"{k}={v:g}" for k, v in (("cpu_cores", cpu), ("memory_mb", memory)) if v
+            )
+            raise InvalidArgument(
+                f"limits {asked} fit no worker slot for a {prio.name.lower()} agent (the "
+                f"largest slot has cpu_cores={most_cpu:g}, memory_mb={most_mb:.0f}), so none "
+                "of its tasks could ever run; lower the limits or add a slot",
+                argument="limits",
+                expected=f"cpu_cores <= {most_cpu:g} and memory_mb <= {most_mb:.0f}",
+                got=msgspec.to_builtins(lim),
+            ) from e
+        self.scheduler.cancel(probe)
 
     def _register_agent_policies(
         self, policies: Iterable[Any], name: str, agent_id: str
@@ -733,8 +794,17 @@ class AgentHost:
             self._record_limit(rec.id, e)  # refused: the sender gets the error
             raise
         reply = _Reply() if want_reply else None
-        rec.mailbox.append(_Envelope(msg, sender, reply, size))
-        self._submit(rec)
+        env = _Envelope(msg, sender, reply, size)
+        rec.mailbox.append(env)
+        try:
+            self._submit(rec)
+        except InvalidArgument:
+            # No slot can hold the agent's task: the sender gets the error, so the message
+            # must not also stay queued (nor charged).
+            if rec.mailbox and rec.mailbox[-1] is env:
+                rec.mailbox.pop()
+            rec.account.release_memory(size)
+            raise
         return reply
 
     async def _wait_for_space(self, rec: _Record, timeout: float) -> None:
@@ -782,31 +852,60 @@ class AgentHost:
                 return
 
     def _submit(self, rec: _Record, *, pump: bool = True) -> None:
-        """Queue the agent's next task if it is idle and has mail."""
+        """Queue the agent's next task if it is idle and has mail. Raises InvalidArgument,
+        queueing nothing, when no slot can hold the agent's task (slots were removed)."""
         if rec.task_id is not None or not rec.mailbox:
             return
         if self.lifecycle.state(rec.id) is not AgentState.READY:
             return
         tid = next(self._task_ids)
         lim = rec.handle.limits
-        self.scheduler.submit(
-            tid,
-            priority=rec.priority,
-            memory_mb=lim.memory_mb or 0.0,
-            cpu_cores=lim.cpu_cores or 0.0,
-        )
+        try:
+            self.scheduler.submit(
+                tid,
+                priority=rec.priority,
+                memory_mb=lim.memory_mb or 0.0,
+                cpu_cores=lim.cpu_cores or 0.0,
+            )
+        except InvalidArgument as e:
+            raise InvalidArgument(
+                f"agent {rec.name!r} cannot be scheduled: {e}",
+                argument="limits",
+                expected="limits that fit a worker slot",
+                got=msgspec.to_builtins(lim),
+            ) from e
         rec.task_id = tid
         self._by_task[tid] = rec
         if pump:
             self._pump()
 
-    def _pump(self, inline: Optional[_Record] = None) -> Optional[Placement]:
-        """Start every task the scheduler places now. A placement for ``inline`` (the agent
-        whose task just ended) is returned rather than started: that agent's worker keeps
-        going, which saves a task spawn per message for busy agents."""
+    def _submit_or_refuse(self, rec: _Record) -> None:
+        """``_submit`` where no sender waits on the outcome: mail that no slot can take
+        any more is dead-lettered, and its requesters get DeliveryError."""
+        try:
+            self._submit(rec, pump=False)
+        except InvalidArgument as e:
+            pending = list(rec.mailbox)
+            rec.mailbox.clear()
+            for env in pending:
+                rec.account.release_memory(env.size)
+                self._bus.record_dead_letter(
+                    env.msg, sender=env.sender, recipient=rec.id, reason=str(e), attempts=0
+                )
+                if env.reply is not None and not env.reply.is_set():
+                    env.reply.error = DeliveryError(
+                        str(e), recipient=rec.id, reason="unschedulable"
+                    )
+                    env.reply.finish()
+            while rec.space:  # the mailbox is empty: room for everyone waiting
+                self._wake_one(rec)
+
+    def _pump(self) -> None:
+        """Start every task the scheduler places now. An agent's placement goes to its
+        worker: a new one, or the one it already has (still running the last task, or
+        not started yet), which takes it next. Never a second worker for one agent."""
         if self._tg is None or self._stopping:
-            return None
-        mine: Optional[Placement] = None
+            return
         for p in self.scheduler.schedule():
             for victim in p.preempted:
                 self._preempt(victim)
@@ -818,39 +917,56 @@ class AgentHost:
                 rec.running = rec.mailbox.popleft()
                 if rec.space:  # a sender waits for room in the mailbox
                     self._wake_one(rec)
-            if rec is inline and mine is None:
-                mine = p
-            else:
-                self._tg.start_soon(self._run, rec, p)
-        return mine
+            start = rec.placed is None
+            rec.placed = p
+            if start:
+                self._tg.start_soon(self._run, rec)
 
     def _preempt(self, task_id: int) -> None:
         rec = self._by_task.get(task_id)
-        if rec is not None and rec.scope is not None and self._preemptable(rec):
-            rec.scope.cancel()  # _run sees the cancellation and suspends the agent
+        if rec is None or not self._preemptable(rec):
+            return
+        placed = rec.placed
+        if isinstance(placed, Placement) and placed.task_id == task_id:
+            # Placed but not started: withdraw it (the scheduler requeued the task and
+            # places it again later; the message stays in rec.running until then).
+            rec.placed = True
+            self._record("agent.preempted", rec.id, {"task": task_id, "started": False})
+        if rec.scope is not None:
+            rec.scope.cancel()  # _dispatch sees the cancellation and suspends the agent
 
-    async def _run(self, rec: _Record, placement: Placement) -> None:
-        """An agent's worker: runs its placed task, then the next ones placed for it."""
-        p: Optional[Placement] = placement
-        while p is not None:
-            p = await self._dispatch(rec, p)
-            if p is not None:
-                # Handlers that never await must not starve the rest of the event loop.
-                await anyio.lowlevel.checkpoint()
+    async def _run(self, rec: _Record) -> None:
+        """An agent's worker: runs the placements handed to it in ``rec.placed``."""
+        ran = False
+        try:
+            while isinstance(rec.placed, Placement):
+                if ran:
+                    # Handlers that never await must not starve the rest of the event
+                    # loop. The placement waits in rec.placed, where a preemption can
+                    # still withdraw it.
+                    await anyio.lowlevel.checkpoint()
+                    ran = False
+                    continue
+                p, rec.placed = rec.placed, True
+                if p.task_id == rec.task_id:  # else stale: that task ended or was cancelled
+                    await self._dispatch(rec, p)
+                    ran = True
+        finally:
+            rec.placed = None
 
     def _preemptable(self, rec: _Record) -> bool:
         # Only a task that holds capacity can be evicted to free it.
         lim = rec.handle.limits
         return rec.priority is not Priority.CRITICAL and bool(lim.memory_mb or lim.cpu_cores)
 
-    async def _dispatch(self, rec: _Record, placement: Placement) -> Optional[Placement]:
+    async def _dispatch(self, rec: _Record, placement: Placement) -> None:
         """One scheduled task: the agent handles its queued messages, up to the dispatch
         quantum, in one Running period. Scheduling, placement and the two lifecycle
         transitions are paid once per task, not per message, as actor runtimes batch
         mailbox work (Akka's dispatcher throughput). Limits still apply per message."""
         tid = placement.task_id
         if self._stopping or self._agents.get(rec.id) is not rec:
-            return None  # terminated between placement and start
+            return  # terminated between placement and start
         resumed = self.lifecycle.state(rec.id) is AgentState.SUSPENDED
         self.lifecycle.transition(
             rec.id,
@@ -869,7 +985,7 @@ class AgentHost:
                     assert env is not None  # set when the task was placed
                     suspend = await self._handle(rec, env)
                     if self._agents.get(rec.id) is not rec:
-                        return None  # terminated meanwhile; its requesters were told
+                        return  # terminated meanwhile; its requesters were told
                     handled += 1
                     if suspend is not None or handled >= self._quantum or self._stopping:
                         break
@@ -881,7 +997,7 @@ class AgentHost:
                     if handled % _YIELD_EVERY == 0:
                         await anyio.lowlevel.checkpoint()
                         if self._stopping or self._agents.get(rec.id) is not rec:
-                            return None
+                            return
         finally:
             rec.scope = None
         if scope.cancelled_caught:
@@ -890,21 +1006,21 @@ class AgentHost:
                 or self._agents.get(rec.id) is not rec
                 or self.lifecycle.state(rec.id) is not AgentState.RUNNING
             ):
-                return None  # shutdown or termination in progress
+                return  # shutdown or termination in progress
             # The scheduler already requeued the task; the message waits to be redone.
             rec.account.usage.tasks += 1
             self.lifecycle.transition(
                 rec.id, AgentState.SUSPENDED, "preempted by a higher priority task"
             )
             self._record("agent.preempted", rec.id, {"task": tid})
-            return None
+            return
         if suspend is not None:
             self.lifecycle.transition(rec.id, AgentState.SUSPENDED, f"resource limit: {suspend}")
         else:
             self.lifecycle.transition(
                 rec.id, AgentState.READY, f"task {tid} done ({handled} messages)"
             )
-        return self._finish_task(rec, tid)
+        self._finish_task(rec, tid)
 
     async def _handle(self, rec: _Record, env: _Envelope) -> Optional[ResourceLimitExceeded]:
         """Run the handler for one message under the agent's limits and settle its reply.
@@ -992,13 +1108,17 @@ class AgentHost:
             {"resource": e.resource, "limit": e.limit, "used": e.used},
         )
 
-    def _finish_task(self, rec: _Record, tid: int) -> Optional[Placement]:
+    def _finish_task(self, rec: _Record, tid: int) -> None:
         self._by_task.pop(tid, None)
         rec.task_id = None
-        with suppress(InvalidArgument):  # cancelled while it ran
+        try:
             self.scheduler.complete(tid)
-        self._submit(rec, pump=False)
-        return self._pump(inline=rec)
+        except InvalidArgument:
+            # Not running there: cancelled, or requeued (a preemption that came too late,
+            # a removed slot) though it finished. Drop it so it is not placed again.
+            self.scheduler.cancel(tid)
+        self._submit_or_refuse(rec)
+        self._pump()  # this worker takes the agent's next placement, if any
 
     def on_reply(
         self, reply: _Reply, callback: Callable[[Any, Optional[BaseException]], None]
@@ -1142,7 +1262,8 @@ class AgentHost:
         # Resume through Running, as the machine requires, then back to Ready for new work.
         self.lifecycle.transition(rec.id, AgentState.RUNNING, reason)
         self.lifecycle.transition(rec.id, AgentState.READY, "resumed, idle")
-        self._submit(rec)
+        self._submit_or_refuse(rec)
+        self._pump()
 
     async def terminate(self, ref: str, reason: str = "manual override") -> None:
         """End an agent in any state. A running handler is cancelled (Running ->
@@ -1155,6 +1276,8 @@ class AgentHost:
         if state is AgentState.TERMINATED:
             return
         running = state is AgentState.RUNNING
+        if state is AgentState.INITIALIZING and rec.scope is not None:
+            rec.scope.cancel()  # on_start: spawn sees the agent gone and raises SpawnError
         if running:
             # Running -> Terminated is illegal: cancel the handler, then go through
             # Suspended. _dispatch sees the agent gone and stops.

@@ -63,6 +63,34 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
 Observer = Callable[[Transition], None]
 
 
+def _agent_id(agent_id: Any) -> str:
+    if not isinstance(agent_id, str) or not agent_id:
+        raise InvalidArgument(
+            f"agent_id must be a non-empty string, got {agent_id!r}",
+            argument="agent_id",
+            expected="a non-empty str",
+            got=agent_id,
+        )
+    return agent_id
+
+
+def _state(value: Any, name: str = "to") -> AgentState:
+    """An AgentState, or its value (``"running"``): stored states are always the enum,
+    so ``is AgentState.X`` checks and observers reading ``.value`` hold."""
+    if type(value) is AgentState:
+        return value
+    try:
+        return AgentState(value)
+    except (ValueError, TypeError):
+        raise InvalidArgument(
+            f"{name} must be an AgentState or one of "
+            f"{[s.value for s in AgentState]}, got {value!r}",
+            argument=name,
+            expected="AgentState",
+            got=value,
+        ) from None
+
+
 class LifecycleController:
     """Holds every agent's state and enforces the machine."""
 
@@ -73,6 +101,7 @@ class LifecycleController:
 
     def register(self, agent_id: str) -> None:
         """A new agent starts in Initializing."""
+        _agent_id(agent_id)
         if agent_id in self._states:
             raise InvalidArgument(
                 f"agent {agent_id!r} is already registered; agent ids are unique",
@@ -86,7 +115,7 @@ class LifecycleController:
     def state(self, agent_id: str) -> AgentState:
         try:
             return self._states[agent_id]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable id, never registered
             raise InvalidArgument(
                 f"no agent {agent_id!r}; spawn it first",
                 argument="agent_id",
@@ -95,10 +124,20 @@ class LifecycleController:
             ) from None
 
     def can(self, agent_id: str, to: AgentState) -> bool:
-        return to in TRANSITIONS[self.state(agent_id)]
+        return _state(to) in TRANSITIONS[self.state(agent_id)]
 
     def transition(self, agent_id: str, to: AgentState, reason: str) -> Transition:
+        """Move ``agent_id`` to ``to`` (an AgentState or its value); IllegalTransition if
+        the machine does not allow it, InvalidArgument for a bad argument."""
         current = self.state(agent_id)
+        to = _state(to)
+        if not isinstance(reason, str):
+            raise InvalidArgument(
+                f"reason must be a string, got {reason!r}",
+                argument="reason",
+                expected="str",
+                got=reason,
+            )
         if to not in TRANSITIONS[current]:
             allowed = sorted(s.value for s in TRANSITIONS[current]) or ["none: it is final"]
             raise IllegalTransition(
@@ -155,11 +194,13 @@ class LifecycleController:
 
     def forget(self, agent_id: str) -> None:
         """Drop a terminated agent's record (keeps memory flat over long runs)."""
-        if self._states.get(agent_id) is AgentState.TERMINATED:
+        if self._states.get(_agent_id(agent_id)) is AgentState.TERMINATED:
             del self._states[agent_id]
             self._counts[AgentState.TERMINATED] -= 1
 
     def agents(self, state: Optional[AgentState] = None) -> list[str]:
+        if state is not None:
+            state = _state(state, "state")
         return [a for a, s in self._states.items() if state is None or s is state]
 
     def snapshot(self) -> dict[str, Any]:

@@ -326,12 +326,15 @@ async def test_senders_waiting_on_a_full_mailbox_get_in_first_come_first_served(
     async with symbi.Runtime(config(message_buffer_size=1, full_mailbox="wait")) as rt:
         agent = Echo()
         a = await rt.spawn(agent, name="echo")
-        await rt.send(Sleep(seconds=0.1), to=a.id)  # running
+        await rt.send(Sleep(seconds=1.0), to=a.id)  # running while the senders line up
         await rt.send(Task(text="0"), to=a.id)  # fills the mailbox
+        rec = rt._host._rec(a.id)
         async with anyio.create_task_group() as tg:
             for i in range(1, 30):
                 tg.start_soon(lambda i=i: rt.send(Task(text=str(i)), to=a.id, timeout=10))
-                await anyio.sleep(0.005)  # each sender is waiting before the next comes
+                with anyio.fail_after(5):  # each sender is waiting before the next comes
+                    while len(rec.space or ()) < i:
+                        await anyio.sleep(0.001)
         await rt.request(a.id, Task(text="end"), timeout=5)
         assert agent.seen == [str(i) for i in range(30)] + ["end"]
         # a waiter that gives up does not swallow the wake-up meant for the next one

@@ -125,6 +125,56 @@ def _priority(value: Any) -> int:
     )
 
 
+def _task(
+    task_id: Any, priority: Any, memory_mb: Any, cpu_cores: Any
+) -> tuple[int, int, float, float]:
+    """One task's checked fields: ``submit`` and each entry of ``submit_many`` share it."""
+    return (
+        _task_id(task_id),
+        _priority(priority),
+        _number("memory_mb", memory_mb),
+        _number("cpu_cores", cpu_cores),
+    )
+
+
+_BATCH_ENTRY = "(task_id, priority, memory_mb, cpu_cores) tuples"
+
+
+def _batch(tasks: Any) -> list[tuple[int, int, float, float]]:
+    if isinstance(tasks, (str, bytes)):
+        items = None
+    else:
+        try:
+            items = list(tasks)
+        except TypeError:
+            items = None
+    if items is None:
+        raise InvalidArgument(
+            f"tasks must be an iterable of {_BATCH_ENTRY}, got {type(tasks).__name__}",
+            argument="tasks",
+            expected=_BATCH_ENTRY,
+            got=tasks,
+        )
+    out: list[tuple[int, int, float, float]] = []
+    for index, item in enumerate(items):
+        where = f"tasks[{index}]: "
+        try:
+            if not isinstance(item, tuple) or len(item) != 4:
+                raise InvalidArgument(
+                    f"expected a tuple (task_id, priority, memory_mb, cpu_cores), got {item!r}",
+                    argument="tasks",
+                    expected=_BATCH_ENTRY,
+                )
+            where += f"task {_task_id(item[0])}: "
+            out.append(_task(*item))
+        except InvalidArgument as e:
+            # Named by index, as the Rust core names the errors it finds (duplicates).
+            raise InvalidArgument(
+                f"{where}{e}", argument="tasks", expected=_BATCH_ENTRY, got=index
+            ) from None
+    return out
+
+
 def _slot(slot: Any) -> tuple[str, float, float, float]:
     if not isinstance(slot, Slot):
         raise InvalidArgument(
@@ -225,18 +275,13 @@ class Scheduler:
                 expected="an int in 0..2**64",
                 got=group,
             )
-        self._core.submit(
-            _task_id(task_id),
-            _priority(priority),
-            _number("memory_mb", memory_mb),
-            _number("cpu_cores", cpu_cores),
-            group,
-        )
+        self._core.submit(*_task(task_id, priority, memory_mb, cpu_cores), group)
 
     def submit_many(self, tasks: Sequence[tuple[int, int, float, float]]) -> None:
         """Queue ``(task_id, priority, memory_mb, cpu_cores)`` tuples in one Rust call,
-        all or nothing; errors name the index of the bad entry."""
-        self._core.submit_many(tasks)
+        all or nothing; each entry is checked as ``submit`` checks its arguments, and
+        errors name the index of the bad entry."""
+        self._core.submit_many(_batch(tasks))
 
     def schedule(self, max_decisions: Optional[int] = None) -> list[Placement]:
         """Place queued tasks, earliest virtual deadline first, until nothing more fits
@@ -252,6 +297,9 @@ class Scheduler:
                 expected="None or an int >= 0",
                 got=max_decisions,
             )
+        if max_decisions is not None:
+            # More decisions than tasks is the same as no limit; the core takes a usize.
+            max_decisions = min(max_decisions, 2**63 - 1)
         return [Placement(t, s, p) for t, s, p in self._core.schedule(max_decisions)]
 
     def complete(self, task_id: int) -> None:
@@ -259,8 +307,10 @@ class Scheduler:
         self._core.complete(_task_id(task_id))
 
     def cancel(self, task_id: int) -> bool:
-        """Drop a queued or running task; False if the id is not queued or running."""
-        return self._core.cancel(task_id)
+        """Drop a queued or running task. A valid id that is not queued or running
+        (unknown, completed or already cancelled) returns False; an id that is not an int
+        in 0..2**64 raises InvalidArgument."""
+        return self._core.cancel(_task_id(task_id))
 
     def requeue(self, task_id: int) -> None:
         """Put a running task back in the queue, keeping its original enqueue time."""
