@@ -12,22 +12,31 @@ Four kinds of memory (see :data:`~symbi.context.MemoryKind`):
 * **shared knowledge**: collections readable across agents. Every read and write is an
   enforcement point of the policy engine (actions ``read_knowledge`` and
   ``write_knowledge``, the collection as resource) and is recorded to the audit sink
-  (``knowledge.read``, ``knowledge.write``, ``knowledge.denied``). Without a policy engine
-  every shared access is denied (fail closed).
+  (``knowledge.read``, ``knowledge.write``, ``knowledge.delete``, ``knowledge.denied``).
+  Without a policy engine every shared access is denied (fail closed). A write or delete
+  is recorded inside its transaction, from the worker thread doing it (so the sink's
+  ``record`` must be thread-safe, as :class:`~symbi.audit.AuditLog`'s is): it is committed
+  only if the sink took the event, and then even if the caller timed out or was cancelled.
 
 Every write is visible to the next search as soon as its call returns. Blocking work
 (embedding, SQLite, the index) runs in worker threads, and every call takes a
 ``timeout`` (default ``default_timeout``; :class:`~symbi.errors.RequestTimeout` past it).
+
+The store remembers which embedder made its embeddings; opened with another one (another
+class, model or dimension) it re-embeds every stored item from its content during
+:meth:`~ContextManager.open`, which is bounded by ``open_timeout``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar, Union
@@ -42,6 +51,7 @@ from ..components import ComponentHealth, Housekeeper
 from ..config import Config, ContextConfig
 from ..embed import Embedder, HashingEmbedder
 from ..errors import (
+    AuditStorageError,
     InvalidArgument,
     PolicyDenied,
     RequestTimeout,
@@ -51,6 +61,7 @@ from ..errors import (
 from ..policy import AuditSink, PolicyEngine, PolicyRequest
 from ..vector.store import EmbeddedVectorStore, VectorStore
 from .cache import ByteLRU, CacheStats
+from .filters import MISSING, check_filter, index_scalar, is_utf8, matches
 from .memory import ShortTermMemory, WorkingMemory, rank
 from .store import ContextStore, StoredItem, scope
 from .types import MEMORY_KINDS, ContextId, ContextItem, KnowledgeItem
@@ -77,6 +88,8 @@ class ContextStats(msgspec.Struct, frozen=True, kw_only=True):
     cache: CacheStats
     rebuilt_index: bool
     expired: int
+    #: Items re-embedded on open because the embedder changed (0: it did not).
+    reembedded: int = 0
 
 
 def _bad(argument: str, message: str, expected: str, got: Any = None) -> InvalidArgument:
@@ -84,10 +97,15 @@ def _bad(argument: str, message: str, expected: str, got: Any = None) -> Invalid
 
 
 def _agent(agent_id: Any) -> str:
-    if not isinstance(agent_id, str) or not agent_id.strip() or len(agent_id) > 256:
+    if (
+        not isinstance(agent_id, str)
+        or not agent_id.strip()
+        or len(agent_id) > 256
+        or not is_utf8(agent_id)
+    ):
         raise _bad(
             "agent_id",
-            f"agent_id must be a non-empty str of at most 256 characters, got {agent_id!r}",
+            f"agent_id must be a non-empty UTF-8 str of at most 256 characters, got {agent_id!r}",
             "non-empty str",
             agent_id,
         )
@@ -108,17 +126,30 @@ def _metadata(metadata: Any) -> dict[str, Any]:
             "metadata", "metadata must be a dict", "dict[str, JSON value]", type(metadata).__name__
         )
     out = dict(metadata)
-    for key in out:
-        if not isinstance(key, str) or not key or key.startswith("_"):
+    for key, v in out.items():
+        if not isinstance(key, str) or not key or key.startswith(("_", "$")) or not is_utf8(key):
             raise _bad(
                 "metadata",
-                f"metadata keys must be non-empty str not starting with '_' (reserved), "
-                f"got {key!r}",
-                "str keys without a leading '_'",
+                f"metadata keys must be non-empty UTF-8 str not starting with '_' or '$' "
+                f"(reserved), got {key!r}",
+                "str keys without a leading '_' or '$'",
                 key,
             )
+        # Scalars are indexed for filters: refuse up front what the index cannot hold,
+        # rather than commit an item that then cannot be indexed.
+        if isinstance(v, int) and index_scalar(v) is MISSING:
+            raise _bad(
+                "metadata",
+                f"metadata[{key!r}] = {v} does not fit in 64 bits (-2**63 .. 2**63-1); "
+                "store large numbers as str",
+                "ints in -2**63 .. 2**63-1",
+                v,
+            )
     try:
-        json.dumps(out, allow_nan=False)
+        # ensure_ascii=False + encode: a lone surrogate anywhere fails here, not in SQLite.
+        json.dumps(out, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _bad("metadata", f"metadata strings must be valid UTF-8: {e}", "UTF-8 str") from None
     except (TypeError, ValueError) as e:
         raise _bad("metadata", f"metadata must be JSON-serialisable: {e}", "JSON values") from None
     return out
@@ -129,12 +160,55 @@ def _filter(flt: Any) -> dict[str, Any]:
         return {}
     if not isinstance(flt, Mapping):
         raise _bad("filter", "filter must be a dict such as {'lang': 'de'}", "dict", flt)
-    for key in flt:
-        if isinstance(key, str) and key.startswith("_"):
-            raise _bad(
-                "filter", f"filter key {key!r} is reserved", "keys without a leading '_'", key
-            )
+    check_filter(flt)  # the index's language, checked up front for every kind of memory
     return dict(flt)
+
+
+def _embedder_id(embedder: Embedder) -> str:
+    """What the store records about the embedder that made its embeddings: class, model
+    name (if it has one) and dimension."""
+    cls = type(embedder)
+    model = None
+    for attr in ("model", "model_name", "model_id"):
+        v = getattr(embedder, attr, None)
+        if isinstance(v, str) and v:
+            model = v
+            break
+    return json.dumps(
+        {"class": f"{cls.__module__}.{cls.__qualname__}", "model": model, "dim": embedder.dim},
+        sort_keys=True,
+    )
+
+
+class _OpenAttempt:
+    """The hand-over between :meth:`ContextManager.open` and its worker thread: whoever
+    comes first decides whether the store stays open (the worker finished) or is closed
+    by the worker (the caller gave up)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._kept = False
+
+    def abandoned(self) -> bool:
+        return self._abandoned
+
+    def keep(self) -> bool:
+        with self._lock:
+            self._kept = not self._abandoned
+            return self._kept
+
+    def abandon(self) -> bool:
+        """The caller gives up; False when the worker already kept the store open."""
+        with self._lock:
+            self._abandoned = not self._kept
+            return self._abandoned
+
+
+def _check_timeout(argument: str, t: Any) -> float:
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+        raise _bad(argument, f"{argument} must be a positive number of seconds", "> 0", t)
+    return float(t)
 
 
 def _collection(collection: Any) -> str:
@@ -156,6 +230,9 @@ class ContextManager:
     ``path`` is a directory for ``context.sqlite3`` and the index files (``index/``);
     None keeps everything in memory. ``vector_store`` defaults to the embedded HNSW index;
     ``embedder`` to :class:`~symbi.embed.HashingEmbedder` of ``dim`` dimensions.
+    ``open_timeout`` bounds :meth:`open` (which may rebuild the index or re-embed the
+    store); ``audit.record`` is called from worker threads for writes (see the module
+    docstring).
     """
 
     name = "context"
@@ -178,6 +255,7 @@ class ContextManager:
         default_timeout: float = 10.0,
         index_flush_interval_s: float = 300.0,
         clock: Callable[[], float] = time.time,
+        open_timeout: float = 600.0,
     ) -> None:
         _positive_int("dim", dim, 65_536)
         if embedder is None:
@@ -203,6 +281,7 @@ class ContextManager:
         _positive_int("max_item_bytes", max_item_bytes, 1 << 30)
         if not default_timeout > 0:
             raise _bad("default_timeout", "default_timeout must be > 0", "> 0", default_timeout)
+        _check_timeout("open_timeout", open_timeout)
         if not index_flush_interval_s > 0:
             raise _bad(
                 "index_flush_interval_s",
@@ -230,7 +309,19 @@ class ContextManager:
         self.default_timeout = float(default_timeout)
         self._clock = clock
         self.cache = ByteLRU(cache_bytes)
-        self._store = ContextStore(self._path, dim=dim, vectors=vector_store, cache=self.cache)
+        self.open_timeout = float(open_timeout)
+        self._store = ContextStore(
+            self._path,
+            dim=dim,
+            vectors=vector_store,
+            cache=self.cache,
+            embedder_id=_embedder_id(embedder),
+            embed=self._embed,
+            retention_s=self._retention_s(),
+        )
+        # Serialises this manager's calls into the audit sink (from the loop and from
+        # worker threads).
+        self._audit_lock = threading.Lock()
         self._short = ShortTermMemory(short_term_window)
         self._working = WorkingMemory(max_working_items)
         self._seq = 0
@@ -280,9 +371,7 @@ class ContextManager:
 
     # ------------------------------------------------------------------ plumbing
     async def _run(self, fn: Callable[..., T], *args: Any, timeout: Optional[float]) -> T:
-        t = self.default_timeout if timeout is None else timeout
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
-            raise _bad("timeout", "timeout must be a positive number of seconds", "> 0", t)
+        t = _check_timeout("timeout", self.default_timeout if timeout is None else timeout)
         if not self._opened or self._closed:
             raise RuntimeStateError(
                 "the context manager is not open; use `async with ContextManager(...)` or "
@@ -323,6 +412,13 @@ class ContextManager:
     def _text(self, text: Any, argument: str) -> str:
         if not isinstance(text, str) or not text.strip():
             raise _bad(argument, f"{argument} must be a non-empty str", "non-empty str", text)
+        if not is_utf8(text):
+            raise _bad(
+                argument,
+                f"{argument} is not valid UTF-8 (it holds a lone surrogate); decode it with "
+                "errors='replace' first",
+                "UTF-8 str",
+            )
         if len(text) > self.max_item_bytes:
             raise _bad(
                 argument,
@@ -333,18 +429,30 @@ class ContextManager:
             )
         return text
 
+    def _retention_s(self) -> Optional[float]:
+        return self.retention_days * _DAY if self.retention_days > 0 else None
+
     def _expires(self, now: float) -> Optional[float]:
-        return now + self.retention_days * _DAY if self.retention_days > 0 else None
+        # Same arithmetic as ContextStore._apply_retention (created_at + retention).
+        r = self._retention_s()
+        return None if r is None else now + r
 
     def _record(self, event: str, agent_id: str, details: dict[str, Any]) -> None:
+        """Hand one event to the audit sink (from any thread); a failing sink is an
+        :class:`~symbi.errors.AuditStorageError`."""
         if self.audit is None:
             return
         try:
-            self.audit.record(event, agent_id, details)
+            with self._audit_lock:
+                self.audit.record(event, agent_id, details)
         except Exception as e:
             self._last_error = f"audit sink failed: {e!r}"
             log.exception("audit sink failed to record %s", event)
-            raise
+            raise AuditStorageError(
+                f"the audit sink failed to record {event}: {e!r}; the operation was not "
+                "carried out (shared knowledge is only touched when audited). Check the "
+                "audit log's disk and state"
+            ) from e
 
     def _enforce(self, agent_id: str, action: str, collection: str, **ctx: Any) -> None:
         req = PolicyRequest(
@@ -357,11 +465,13 @@ class ContextManager:
             self.policy.enforce(req)
         except PolicyDenied as e:
             reason = getattr(e.decision, "reason", str(e))
-            self._record(
-                "knowledge.denied",
-                agent_id,
-                {"action": action, "collection": collection, "reason": reason},
-            )
+            # The denial stands even if the sink fails (logged and shown in health()).
+            with contextlib.suppress(AuditStorageError):
+                self._record(
+                    "knowledge.denied",
+                    agent_id,
+                    {"action": action, "collection": collection, "reason": reason},
+                )
             raise
 
     def _next_id(self, kind: str) -> str:
@@ -369,14 +479,41 @@ class ContextManager:
         return f"{_PREFIX[kind]}:{self._seq}"
 
     # ------------------------------------------------------------------ component
-    async def open(self) -> None:
-        """Open (or create) the store; idempotent."""
+    async def open(self, *, timeout: Optional[float] = None) -> None:
+        """Open (or create) the store; idempotent. Bounded by ``timeout`` (default
+        ``open_timeout``): opening may rebuild the index or re-embed every item, and a
+        timeout or cancellation abandons that work (nothing half-done is kept; the next
+        open starts again)."""
         if self._closed:
             raise RuntimeStateError("this ContextManager was stopped; create a new one")
         if self._opened:
             return
-        with anyio.fail_after(max(60.0, self.default_timeout)):
-            await anyio.to_thread.run_sync(self._store.open)
+        t = _check_timeout("timeout", self.open_timeout if timeout is None else timeout)
+        attempt = _OpenAttempt()
+
+        def work() -> None:
+            self._store.open(should_stop=attempt.abandoned, keep=attempt.keep)
+
+        try:
+            with anyio.fail_after(t):
+                await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except TimeoutError:
+            if attempt.abandon():  # else the store opened just as time ran out: keep it
+                raise RequestTimeout(
+                    f"opening the context store took longer than {t}s (rebuilding the index "
+                    "or re-embedding it); the work was abandoned. Raise open_timeout",
+                    recipient="context",
+                    timeout=t,
+                ) from None
+        except BaseException:
+            # Cancelled: the worker closes the store again unless it already finished.
+            if attempt.abandon():
+                raise
+            self._mark_open()
+            raise
+        self._mark_open()
+
+    def _mark_open(self) -> None:
         self._opened = True
         if self._housekeeper is not None:
             self._housekeeper.register("context", self._housekeep_task)
@@ -442,9 +579,17 @@ class ContextManager:
     async def housekeep(self, *, timeout: Optional[float] = None, flush: bool = True) -> int:
         """Delete expired long-term and shared items (and, with ``flush``, save the
         index); returns how many items expired. Registered with the runtime's
-        housekeeper when one is given."""
+        housekeeper when one is given. A changed ``retention_days`` is applied to the
+        items already stored first (expiry is ``created_at`` + the current retention)."""
+        if isinstance(self.retention_days, bool) or not isinstance(self.retention_days, int):
+            raise _bad("retention_days", "retention_days must be an int", "int >= 0")
+        if self.retention_days < 0:
+            raise _bad("retention_days", "retention_days must be >= 0", "int >= 0")
+        retention = self._retention_s()
 
         def work() -> int:
+            if retention != self._store.retention_s:
+                self._store.apply_retention(retention)
             n = self._store.expire(self._clock())
             if flush:
                 self._store.flush()
@@ -477,6 +622,7 @@ class ContextManager:
             cache=self.cache.stats(),
             rebuilt_index=self._store.rebuilt,
             expired=self._expired,
+            reembedded=self._store.reembedded,
         )
 
     def for_agent(self, agent_id: str) -> AgentMemory:
@@ -584,62 +730,84 @@ class ContextManager:
             )
 
         if kind in ("long_term", "shared"):
+            nbytes = sum(len(t) for t in texts)
+
+            audited: dict[str, Any] = {}
+
+            def audit(items: list[StoredItem]) -> None:
+                # Inside the transaction: committed only if the sink took the event, and
+                # then even if our caller has timed out or been cancelled meanwhile.
+                what = {"collection": coll, "ids": [f"sh:{it.id}" for it in items]}
+                self._record("knowledge.write", agent_id, {**what, "bytes": nbytes})
+                audited.update(what)  # only once the sink took it
 
             def write() -> list[StoredItem]:
                 now = self._clock()
-                return self._store.add(
-                    kind=kind,
-                    agent_id=agent_id,
-                    collection=coll,
-                    contents=texts,
-                    metadata=metas,
-                    embeddings=self._nonzero(self._embed(texts), "contexts"),
-                    created_at=now,
-                    expires_at=self._expires(now),
-                )
+                embs = self._nonzero(self._embed(texts), "contexts")
+                with self._undo_audit("knowledge.write_failed", agent_id, audited):
+                    return self._store.add(
+                        kind=kind,
+                        agent_id=agent_id,
+                        collection=coll,
+                        contents=texts,
+                        metadata=metas,
+                        embeddings=embs,
+                        created_at=now,
+                        expires_at=self._expires(now),
+                        before_commit=audit if kind == "shared" else None,
+                    )
 
             stored = await self._run(write, timeout=timeout)
-            ids = [ContextId(f"{_PREFIX[kind]}:{it.id}") for it in stored]
-            if kind == "shared":
-                self._record(
-                    "knowledge.write",
-                    agent_id,
-                    {"collection": coll, "ids": list(ids), "bytes": sum(len(t) for t in texts)},
-                )
-            return ids
+            return [ContextId(f"{_PREFIX[kind]}:{it.id}") for it in stored]
 
+        if kind == "working":
+            assert task_id is not None
+            self._working_room(agent_id, task_id, len(texts))
         embs = await self._run(lambda: self._embed(texts), timeout=timeout)
         now = self._clock()
-        out: list[ContextId] = []
-        for text, meta, emb in zip(texts, metas, embs):
-            cid = ContextId(self._next_id(kind))
-            item = ContextItem(
-                id=cid,
-                agent_id=agent_id,
-                kind=kind,
-                content=text,
-                metadata=meta,
-                created_at=now,
-                task_id=task_id if kind == "working" else None,
+        entries = [
+            (
+                ContextItem(
+                    id=ContextId(self._next_id(kind)),
+                    agent_id=agent_id,
+                    kind=kind,
+                    content=text,
+                    metadata=meta,
+                    created_at=now,
+                    task_id=task_id if kind == "working" else None,
+                ),
+                emb,
             )
-            if kind == "short_term":
-                self._short.add(agent_id, (item, emb))
-            else:
-                assert task_id is not None
-                n = self._working.add(agent_id, task_id, (item, emb))
-                if n == 0:
-                    raise ResourceLimitExceeded(
-                        f"task {task_id!r} holds {self._working.max_items} working items, the "
-                        "limit; end the task or store long-term",
-                        agent_id=agent_id,
-                        resource="working_memory",
-                        limit=float(self._working.max_items),
-                        used=float(self._working.max_items),
-                    )
-                if n < 0:  # the task ended while we embedded
-                    raise _bad("task_id", f"task {task_id!r} ended", "an open task", task_id)
-            out.append(cid)
-        return out
+            for text, meta, emb in zip(texts, metas, embs)
+        ]
+        if kind == "short_term":
+            for entry in entries:
+                self._short.add(agent_id, entry)
+        else:
+            assert task_id is not None
+            n = self._working.add_all(agent_id, task_id, entries)
+            if n < 0:  # the task ended while we embedded
+                raise _bad("task_id", f"task {task_id!r} ended", "an open task", task_id)
+            if n == 0:  # filled up by another call while we embedded
+                raise self._working_full(agent_id, task_id, len(entries))
+        return [ContextId(item.id) for item, _ in entries]
+
+    def _working_room(self, agent_id: str, task_id: str, n: int) -> None:
+        """Refuse up front a batch that does not fit in the task's working memory."""
+        if self._working.count(agent_id, task_id) + n > self._working.max_items:
+            raise self._working_full(agent_id, task_id, n)
+
+    def _working_full(self, agent_id: str, task_id: str, n: int) -> ResourceLimitExceeded:
+        used = self._working.count(agent_id, task_id)
+        return ResourceLimitExceeded(
+            f"task {task_id!r} holds {used} of {self._working.max_items} working items; "
+            f"{n} more do not fit, so none was stored (a batch is stored whole or not at "
+            "all). End the task, store fewer, or store long-term",
+            agent_id=agent_id,
+            resource="working_memory",
+            limit=float(self._working.max_items),
+            used=float(used),
+        )
 
     @staticmethod
     def _nonzero(embs: Vec, argument: str) -> Vec:
@@ -665,7 +833,10 @@ class ContextManager:
             raise _bad("context_id", "only long-term and shared items can be forgotten", "lt:/sh:")
 
         def lookup() -> Optional[StoredItem]:
-            return self._store.get_many([num]).get(num)
+            it = self._store.get_many([num]).get(num)
+            if it is not None and it.expires_at is not None and it.expires_at <= self._clock():
+                return None  # expired: never returned, deleted by housekeeping
+            return it
 
         item = await self._run(lookup, timeout=timeout)
         if item is None or item.kind != kind:
@@ -674,12 +845,35 @@ class ContextManager:
             return False  # another agent's private memory: not visible, so not found
         if kind == "shared":
             self._enforce(agent_id, "write_knowledge", item.collection, op="delete")
-        await self._run(self._store.delete, [num], timeout=timeout)
-        if kind == "shared":
-            self._record(
-                "knowledge.delete", agent_id, {"collection": item.collection, "id": context_id}
-            )
-        return True
+        coll = item.collection
+
+        audited: dict[str, Any] = {}
+
+        def audit(n: int) -> None:
+            # Inside the transaction, as for writes (see store_contexts).
+            if n:
+                what = {"collection": coll, "id": context_id}
+                self._record("knowledge.delete", agent_id, what)
+                audited.update(what)  # only once the sink took it
+
+        def delete() -> int:
+            with self._undo_audit("knowledge.delete_failed", agent_id, audited):
+                return self._store.delete([num], before_commit=audit if kind == "shared" else None)
+
+        return await self._run(delete, timeout=timeout) > 0
+
+    @contextlib.contextmanager
+    def _undo_audit(self, event: str, agent_id: str, audited: dict[str, Any]) -> Iterator[None]:
+        """If the operation fails after its audit event was recorded (the COMMIT itself
+        failed), record that it did not happen, so the trail never claims a change that
+        was rolled back."""
+        try:
+            yield
+        except BaseException as e:
+            if audited:
+                with contextlib.suppress(AuditStorageError):
+                    self._record(event, agent_id, {**audited, "error": repr(e)})
+            raise
 
     @staticmethod
     def _parse_id(context_id: Any) -> tuple[str, int]:
@@ -705,7 +899,8 @@ class ContextManager:
         """The agent's ``k`` items most similar to ``query`` across ``kinds`` (its own
         memory only; shared knowledge is :meth:`search_knowledge`), best first, with
         ``score``. ``task_id`` limits working memory to one task (default: all open
-        tasks); ``filter`` applies to long-term metadata."""
+        tasks); ``filter`` (the vector index's filter language, see
+        :mod:`symbi.vector.index`) applies to the metadata of every kind."""
         agent_id = _agent(agent_id)
         query = self._text(query, "query")
         k = _positive_int("k", k, 1000)
@@ -713,7 +908,15 @@ class ContextManager:
             raise _bad("kinds", f"kinds must be a list drawn from {list(MEMORY_KINDS)}", "list")
         if "shared" in kinds:
             raise _bad("kinds", "shared knowledge is read with search_knowledge()", "private kinds")
+        if task_id is not None and not isinstance(task_id, str):
+            raise _bad("task_id", "task_id must be a str or None", "str", task_id)
         user_filter = _filter(filter)
+
+        def kept(entries: list[Any]) -> list[Any]:
+            # The same filter language as the index applies to long-term memory.
+            if not user_filter:
+                return entries
+            return [e for e in entries if matches(e[0].metadata, user_filter)]
 
         def work() -> list[ContextItem]:
             q = self._embed_query(query)
@@ -726,11 +929,11 @@ class ContextManager:
                 for it, s in self._store.search(q, k, flt, now=now):
                     scored.append((self._context_item(it), s))
             if "short_term" in kinds:
-                scored.extend(rank(self._short.entries(agent_id), q, k))
+                scored.extend(rank(kept(self._short.entries(agent_id)), q, k))
             if "working" in kinds:
                 tasks = [task_id] if task_id is not None else self._working.tasks(agent_id)
                 entries = [e for t in tasks for e in self._working.entries(agent_id, t)]
-                scored.extend(rank(entries, q, k))
+                scored.extend(rank(kept(entries), q, k))
             scored.sort(key=lambda p: -p[1])
             return [msgspec.structs.replace(it, score=s) for it, s in scored[:k]]
 

@@ -86,14 +86,24 @@ class WorkingMemory:
     def add(self, agent_id: str, task_id: str, entry: MemoryEntry) -> int:
         """Append to an open task; returns the task's item count after (-1: not open,
         0: full)."""
+        return self.add_all(agent_id, task_id, [entry])
+
+    def add_all(self, agent_id: str, task_id: str, entries: list[MemoryEntry]) -> int:
+        """Append a batch to an open task, all of it or (when it does not fit) none;
+        returns the task's item count after (-1: not open, 0: does not fit)."""
         with self._lock:
             items = self._tasks.get((agent_id, task_id))
             if items is None:
                 return -1
-            if len(items) >= self.max_items:
+            if len(items) + len(entries) > self.max_items:
                 return 0
-            items.append(entry)
+            items.extend(entries)
             return len(items)
+
+    def count(self, agent_id: str, task_id: str) -> int:
+        """How many items an open task holds (0 when it is not open)."""
+        with self._lock:
+            return len(self._tasks.get((agent_id, task_id), ()))
 
     def tasks(self, agent_id: str) -> list[str]:
         with self._lock:
