@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, Union, runtime_checkable
+from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 import anyio
 import numpy as np
 import numpy.typing as npt
 
+from ..bus.transport import check_timeout
 from ..errors import InvalidArgument, RequestTimeout
 
 __all__ = ["Embedder", "check_texts", "embed_async", "normalize_rows"]
@@ -60,11 +61,31 @@ def normalize_rows(mat: Any) -> Vectors:
     return np.ascontiguousarray(arr / norms, dtype=np.float32)
 
 
+#: Seconds :func:`embed_async` waits when ``timeout`` is not given.
+DEFAULT_TIMEOUT = 30.0
+
+
 async def embed_async(
-    embedder: Embedder, texts: Union[str, Sequence[str]], *, timeout: float = 30.0
+    embedder: Embedder,
+    texts: Union[str, Sequence[str]],
+    *,
+    timeout: Optional[float] = DEFAULT_TIMEOUT,
 ) -> Vectors:
     """``embedder.embed(texts)`` in a worker thread, bounded by ``timeout`` seconds
-    (:class:`~symbi.errors.RequestTimeout` past it)."""
+    (a positive finite number; None means the default, 30 s;
+    :class:`~symbi.errors.RequestTimeout` past it)."""
+    # Never unbounded: None is the default, not "wait forever".
+    timeout = check_timeout(DEFAULT_TIMEOUT if timeout is None else timeout)
+    # Not isinstance(embedder, Embedder): on Python < 3.12 that reads .dim, which may
+    # be a blocking request (HttpEmbedder learning its dimension) on the event loop.
+    if not callable(getattr(type(embedder), "embed", None)):
+        raise InvalidArgument(
+            f"embedder must be a symbi.embed.Embedder (with .dim and .embed(texts)), "
+            f"got {type(embedder).__name__}",
+            argument="embedder",
+            expected="an Embedder",
+            got=type(embedder).__name__,
+        )
     items = check_texts(texts)
     try:
         with anyio.fail_after(timeout):

@@ -6,7 +6,10 @@ needed; use :func:`symbi.embed.embed_async` to call it from async code in a work
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -15,10 +18,91 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from ..bus.transport import check_timeout
 from ..errors import InvalidArgument, ModelError
 from .base import Vectors, check_texts, normalize_rows
 
 __all__ = ["HttpEmbedder"]
+
+
+class _Deadline:
+    """Ends a request at its deadline. A socket timeout bounds each read, not the
+    request: a server dripping its answer a byte at a time would hold it for
+    ``timeout`` per byte. So a timer shuts the request's sockets down when time is up,
+    which makes any blocked read return at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            if self.expired:
+                self._shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._socks:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # already closed, or detached by TLS
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _WatchedMixin:
+    """An urllib handler whose connections register their sockets with a deadline."""
+
+    _deadline: _Deadline
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        deadline = self._deadline
+
+        def connection(host: str, **args: Any) -> Any:
+            conn = http_class(host, **args)
+            create = conn._create_connection  # the plain TCP socket, before any TLS
+
+            def created(*a: Any, **kw: Any) -> Any:
+                sock = create(*a, **kw)
+                deadline.watch(sock)
+                return sock
+
+            conn._create_connection = created
+            connect = conn.connect
+
+            def connected() -> None:
+                connect()
+                deadline.watch(conn.sock)  # the TLS socket that replaced it, if any
+
+            conn.connect = connected
+            return conn
+
+        return super().do_open(connection, req, **kwargs)  # type: ignore[misc]
+
+
+class _HTTPHandler(_WatchedMixin, urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+
+class _HTTPSHandler(_WatchedMixin, urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
 
 
 def _endpoint(url: str) -> str:
@@ -35,7 +119,8 @@ class HttpEmbedder:
     endpoint; ``api_key`` is sent as ``Authorization: Bearer``; ``model`` is passed
     through. ``dim`` may be given; otherwise it is learned from the first answer (asking
     the server once with a probe text if ``dim`` is read first). Texts are sent in
-    batches of ``batch_size``; each request takes at most ``timeout`` seconds.
+    batches of ``batch_size``; each request takes at most ``timeout`` seconds in all
+    (connecting, sending and reading the answer), :class:`~symbi.errors.ModelError` past it.
     """
 
     def __init__(
@@ -67,10 +152,7 @@ class HttpEmbedder:
             raise InvalidArgument(
                 "dim must be a positive int or None", argument="dim", expected="int", got=dim
             )
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise InvalidArgument(
-                "timeout must be > 0 seconds", argument="timeout", expected="> 0", got=timeout
-            )
+        timeout = check_timeout(timeout)  # also refuses nan/inf: the deadline timer needs one
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgument(
                 "batch_size must be a positive int",
@@ -102,25 +184,35 @@ class HttpEmbedder:
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        deadline = _Deadline(self.timeout)
+        opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
+        with deadline:
+            try:
+                with opener.open(req, timeout=self.timeout) as resp:
+                    raw = resp.read()
+            except urllib.error.HTTPError as e:
+                detail = "" if deadline.expired else e.read(500).decode("utf-8", "replace")
+                hint = " (check api_key)" if e.code in (401, 403) else ""
+                raise ModelError(
+                    f"embedding service {self.url} answered HTTP {e.code}{hint}: {detail}",
+                    model="http",
+                    url=self.url,
+                    status=e.code,
+                ) from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+                why = getattr(e, "reason", e)
+                if deadline.expired or isinstance(why, TimeoutError):
+                    raise self._timed_out() from None
+                raise ModelError(
+                    f"cannot reach embedding service {self.url}: {why}; check the URL and "
+                    "that the server is up",
+                    model="http",
+                    url=self.url,
+                ) from None
+        if deadline.expired:  # the body may have been cut short by the shutdown
+            raise self._timed_out()
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as e:
-            detail = e.read(500).decode("utf-8", "replace")
-            hint = " (check api_key)" if e.code in (401, 403) else ""
-            raise ModelError(
-                f"embedding service {self.url} answered HTTP {e.code}{hint}: {detail}",
-                model="http",
-                url=self.url,
-                status=e.code,
-            ) from None
-        except (urllib.error.URLError, OSError) as e:
-            raise ModelError(
-                f"cannot reach embedding service {self.url}: {e}; check the URL and that "
-                "the server is up",
-                model="http",
-                url=self.url,
-            ) from None
+            return json.loads(raw)
         except ValueError as e:
             raise ModelError(
                 f"embedding service {self.url} sent invalid JSON: {e}",
@@ -128,9 +220,29 @@ class HttpEmbedder:
                 url=self.url,
             ) from None
 
+    def _timed_out(self) -> ModelError:
+        return ModelError(
+            f"embedding service {self.url} did not answer within {self.timeout}s; raise the "
+            "timeout, send smaller batches or check the server",
+            model="http",
+            url=self.url,
+        )
+
     def _parse(self, payload: Any, n: int) -> Vectors:
         try:
-            data = sorted(payload["data"], key=lambda d: int(d.get("index", 0)))
+            data = list(payload["data"])
+            idx = [d.get("index") for d in data]
+            if any(i is not None for i in idx):
+                # Each text's vector must come back exactly once: with a repeated index
+                # one text's vector would silently stand in for another's.
+                if not all(type(i) is int for i in idx) or sorted(idx) != list(range(n)):
+                    raise ModelError(
+                        f"embedding service {self.url} answered with indexes {idx[:20]} for "
+                        f"{n} texts; each of 0..{n - 1} must appear exactly once",
+                        model="http",
+                        url=self.url,
+                    )
+                data = [d for _, d in sorted(zip(idx, data), key=lambda p: p[0])]
             mat = np.asarray([d["embedding"] for d in data], dtype=np.float32)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ModelError(

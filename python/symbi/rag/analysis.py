@@ -7,12 +7,18 @@ Filters are written inside the query and removed from the text that is searched:
 ``key:value`` is equality, ``key>=n`` ``key>n`` ``key<=n`` ``key<n`` are ranges (numbers)
 and ``key!=value`` excludes; several conditions on one key are combined. The result is a
 :class:`~symbi.VectorIndex` filter dict, evaluated during the vector search.
+
+``key:value`` has no space after the colon, so prose such as ``Quick question: how...``
+stays text. An analyser given ``known_keys`` (the default one of a
+:class:`~symbi.rag.RagPipeline` knows its store's metadata keys) also keeps ``word:text``
+as text unless ``word`` is one of those keys.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Collection
+from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 import msgspec
 
@@ -21,8 +27,9 @@ from ..errors import InvalidArgument
 
 __all__ = ["QueryAnalysis", "QueryAnalyzer", "RuleQueryAnalyzer", "stem", "terms"]
 
+# ``key:value`` only when the value follows the colon directly: "Note: the log" is prose.
 _FILTER = re.compile(
-    r"""(?<![\w"'])(?P<key>[A-Za-z_][\w.]*)\s*(?P<op>>=|<=|!=|>|<|:)\s*"""
+    r"""(?<![\w"'])(?P<key>[A-Za-z_][\w.]*)(?:\s*(?P<op>>=|<=|!=|>|<)\s*|(?P<colon>:))"""
     r"""(?P<val>"[^"]*"|'[^']*'|[^\s"']+)"""
 )
 _OPS = {">=": "gte", "<=": "lte", ">": "gt", "<": "lt"}
@@ -85,10 +92,45 @@ class QueryAnalyzer(Protocol):
     def analyze(self, query: str) -> QueryAnalysis: ...
 
 
+KnownKeys = Union[Collection[str], Callable[[], Collection[str]]]
+
+
 class RuleQueryAnalyzer:
     """The default analyser: the filter syntax above, stemmed keywords, and an intent
     from the question's opening words (``explain``, ``howto``, ``define``, ``list``,
-    ``compare``, ``lookup`` or ``search``)."""
+    ``compare``, ``lookup`` or ``search``).
+
+    ``known_keys`` (the metadata keys the documents have, or a callable returning them
+    at each query) makes ``word:text`` a filter only when ``word`` is one of them; other
+    ``word:text`` stays part of the searched text. Without it every ``key:value`` is a
+    filter."""
+
+    def __init__(self, *, known_keys: Optional[KnownKeys] = None) -> None:
+        if known_keys is not None and not (
+            callable(known_keys)
+            or (isinstance(known_keys, Collection) and not isinstance(known_keys, (str, bytes)))
+        ):
+            raise InvalidArgument(
+                f"known_keys must be a collection of str or a callable returning one, got "
+                f"{type(known_keys).__name__}",
+                argument="known_keys",
+                expected="Collection[str] | Callable[[], Collection[str]] | None",
+                got=type(known_keys).__name__,
+            )
+        self.known_keys = known_keys
+
+    def _keys(self) -> Optional[Collection[str]]:
+        if self.known_keys is None:
+            return None
+        keys = self.known_keys() if callable(self.known_keys) else self.known_keys
+        if isinstance(keys, (str, bytes)) or not isinstance(keys, Collection):
+            raise InvalidArgument(
+                f"known_keys() must return a collection of str, got {type(keys).__name__}",
+                argument="known_keys",
+                expected="Collection[str]",
+                got=type(keys).__name__,
+            )
+        return keys
 
     def analyze(self, query: str) -> QueryAnalysis:
         if not isinstance(query, str) or not query.strip():
@@ -98,9 +140,17 @@ class RuleQueryAnalyzer:
                 expected="non-empty str",
                 got=query,
             )
+        known = self._keys()
         filters: dict[str, Any] = {}
+        kept: list[str] = []  # the query with its filters cut out
+        pos = 0
         for m in _FILTER.finditer(query):
-            key, op, val = m.group("key"), m.group("op"), _value(m.group("val"))
+            key, val = m.group("key"), _value(m.group("val"))
+            op = ":" if m.group("colon") else m.group("op")
+            if op == ":" and known is not None and key not in known:
+                continue  # "word:text" on a key no document has: prose, not a filter
+            kept.append(query[pos : m.start()])
+            pos = m.end()
             if op == ":":
                 cond: Any = val
             elif op == "!=":
@@ -122,7 +172,8 @@ class RuleQueryAnalyzer:
                 filters[key] = {**both, **(cond if isinstance(cond, dict) else {"eq": cond})}
             else:
                 filters[key] = cond
-        text = " ".join(_FILTER.sub(" ", query).split())
+        kept.append(query[pos:])
+        text = " ".join(" ".join(kept).split())
         lowered = text.lower()
         intent = next((name for name, rx in _INTENTS if rx.search(lowered)), "search")
         seen: dict[str, None] = {}

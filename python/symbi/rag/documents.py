@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import operator
 import os
 import re
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -15,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..embed import Embedder, HashingEmbedder
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, ModelError
 from ..vector.store import EmbeddedVectorStore, VectorStore
 from .analysis import terms
 from .bm25 import BM25Index
@@ -150,11 +153,58 @@ def _check_document(d: Document) -> None:
                 expected=expected,
                 got=value,
             )
+    if not _utf8(d.id):
+        raise InvalidArgument(
+            f"Document.id {d.id!r} is not valid text (lone surrogate)",
+            argument="documents",
+            expected="a UTF-8 encodable str",
+            got=d.id,
+        )
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _chunk_metadata(d: Document) -> dict[str, Any]:
+    """The filterable metadata of ``d``'s chunks: its str/int/float/bool values, checked
+    here against what every vector backend stores, so a value the index would refuse
+    fails before anything of an older version of the document is touched."""
+    meta: dict[str, Any] = {}
+    for k, v in d.metadata.items():
+        if not isinstance(v, (str, int, float)):
+            continue  # documented: only scalars become filterable chunk metadata
+        problem = ""
+        if not isinstance(k, str) or k.startswith("$") or not _utf8(k):
+            problem = "keys must be str not starting with '$' (filters reserve it)"
+        elif isinstance(v, str) and not _utf8(v):
+            problem = "str values must be valid text (no lone surrogates)"
+        elif isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
+            problem = "ints must fit in 64 bits (-2**63 .. 2**63-1)"
+        elif isinstance(v, float) and not math.isfinite(v):
+            problem = "floats must be finite"
+        elif k == "doc_id" and v != d.id:
+            problem = "'doc_id' is set by the store to the document id"
+        if problem:
+            raise InvalidArgument(
+                f"Document {d.id!r}: metadata key {k!r} = {v!r} cannot be indexed: {problem}",
+                argument="documents",
+                expected="metadata of str, finite float, 64-bit int or bool values",
+                got={k: v},
+            )
+        meta[k] = v
+    meta["doc_id"] = d.id
+    return meta
 
 
 class DocumentStore:
     """Chunks of documents, indexed for vector search (``vector_store``, default an
-    in-memory :class:`~symbi.vector.EmbeddedVectorStore`) and BM25. Thread-safe."""
+    in-memory :class:`~symbi.vector.EmbeddedVectorStore`) and BM25. Thread-safe: reads
+    see a document either before or after a concurrent :meth:`add` replaced it."""
 
     def __init__(
         self,
@@ -203,19 +253,32 @@ class DocumentStore:
         self._chunks: dict[int, Chunk] = {}
         self._embeddings: dict[int, npt.NDArray[np.float32]] = {}
         self._docs: dict[str, list[int]] = {}
+        self._keys: Counter[str] = Counter()  # metadata key -> chunks having it
         self._next = 1
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._chunks)
+        with self._lock:
+            return len(self._chunks)
 
     @property
     def documents(self) -> list[str]:
-        return list(self._docs)
+        with self._lock:
+            return list(self._docs)
+
+    def metadata_keys(self) -> frozenset[str]:
+        """The metadata keys of the stored chunks (``doc_id`` included): what a filter
+        can match on."""
+        with self._lock:
+            return frozenset(self._keys)
 
     def add(self, documents: Union[Document, Iterable[Document]]) -> int:
         """Chunk, embed and index documents (a document with a known id replaces the old
-        one). Returns the number of chunks added."""
+        one). Returns the number of chunks added.
+
+        All or nothing: the documents are checked, embedded and indexed before the old
+        versions are dropped, so on any error the store is as it was. Ids must be unique
+        within one call (:class:`InvalidArgument` otherwise)."""
         if isinstance(documents, Document):
             docs = [documents]
         elif isinstance(documents, (str, bytes, bytearray, Mapping)) or not isinstance(
@@ -230,6 +293,8 @@ class DocumentStore:
             )
         else:
             docs = list(documents)
+        seen: set[str] = set()
+        metas: list[dict[str, Any]] = []
         for d in docs:
             if not isinstance(d, Document):
                 raise InvalidArgument(
@@ -240,47 +305,94 @@ class DocumentStore:
                     got=type(d).__name__,
                 )
             _check_document(d)
-        new: list[Chunk] = []
+            if d.id in seen:
+                # Both would be indexed and only the last kept track of: an orphan chunk.
+                raise InvalidArgument(
+                    f"document id {d.id!r} appears twice in one add(); ids must be unique "
+                    "(a later add() with the same id replaces the document)",
+                    argument="documents",
+                    expected="unique Document.id values",
+                    got=d.id,
+                )
+            seen.add(d.id)
+            metas.append(_chunk_metadata(d))
+        # (doc, index, text, metadata) of every chunk; embedded outside the lock, as the
+        # embedder may be slow (a remote service) and readers must not wait for it.
+        pieces = [
+            (d, i, piece, meta)
+            for d, meta in zip(docs, metas)
+            for i, piece in enumerate(chunk_text(d.text, max_chars=self.max_chars))
+        ]
+        embs = np.zeros((0, self.vectors.dim), dtype=np.float32)
+        if pieces:  # (an empty new version still replaces the old one below)
+            embs = np.asarray(
+                self.embedder.embed([f"{d.title}\n{p}" for d, _, p, _ in pieces]),
+                dtype=np.float32,
+            )
+        if embs.shape != (len(pieces), self.vectors.dim):
+            raise ModelError(
+                f"{type(self.embedder).__name__} returned shape {embs.shape} for "
+                f"{len(pieces)} texts; expected ({len(pieces)}, {self.vectors.dim})",
+                model=type(self.embedder).__name__,
+            )
         with self._lock:
-            for d in docs:
-                if d.id in self._docs:
-                    self._remove(d.id)
-                ids = []
-                for i, piece in enumerate(chunk_text(d.text, max_chars=self.max_chars)):
-                    meta = {k: v for k, v in d.metadata.items() if isinstance(v, (str, int, float))}
-                    meta["doc_id"] = d.id
-                    c = Chunk(
-                        id=self._next,
+            new: list[Chunk] = []
+            rows: list[int] = []
+            for row, (d, i, piece, meta) in enumerate(pieces):
+                # An all-zero embedding (only stop words) cannot be searched by similarity
+                # and the index refuses it; the document keeps its other chunks.
+                if not np.any(embs[row]):
+                    continue
+                new.append(
+                    Chunk(
+                        id=self._next + len(new),
                         doc_id=d.id,
                         index=i,
                         text=piece,
                         title=d.title,
                         metadata=meta,
                     )
-                    self._next += 1
-                    ids.append(c.id)
-                    new.append(c)
-                self._docs[d.id] = ids
-            if not new:
-                return 0
-            embs = self.embedder.embed([f"{c.title}\n{c.text}" for c in new])
-            keep = [i for i in range(len(new)) if np.any(embs[i])]
-            new = [new[i] for i in keep]
-            embs = embs[keep]
-            self.vectors.upsert([c.id for c in new], embs, [c.metadata for c in new])
-            for c, e in zip(new, embs):
+                )
+                rows.append(row)
+            kept = embs[rows]
+            new_ids = [c.id for c in new]
+            old_ids = [i for d in docs for i in self._docs.get(d.id, ())]
+            # New chunks get fresh ids, so they go in before the old ones go out: if the
+            # vector store refuses them, the old versions are untouched.
+            try:
+                self.vectors.upsert(new_ids, kept, [c.metadata for c in new])
+                self.vectors.delete(old_ids)
+            except BaseException:
+                with contextlib.suppress(Exception):  # a partial upsert (remote store)
+                    self.vectors.delete(new_ids)
+                raise
+            self._next += len(new)
+            for i in old_ids:
+                self._drop_chunk(i)
+            for d in docs:
+                self._docs[d.id] = []
+            for c, e in zip(new, kept):
                 self._chunks[c.id] = c
                 self._embeddings[c.id] = e
+                self._keys.update(c.metadata.keys())
+                self._docs[c.doc_id].append(c.id)
                 self.bm25.add(c.id, terms(f"{c.title} {c.text}"))
         return len(new)
 
+    def _drop_chunk(self, i: int) -> None:
+        c = self._chunks.pop(i, None)
+        self._embeddings.pop(i, None)
+        self.bm25.remove(i)
+        if c is not None:
+            self._keys.subtract(c.metadata.keys())
+            self._keys += Counter()  # drops keys no chunk has any more
+
     def _remove(self, doc_id: str) -> None:
-        ids = self._docs.pop(doc_id, [])
-        self.vectors.delete(ids)
+        ids = self._docs.get(doc_id, [])
+        self.vectors.delete(ids)  # first: if it fails, the document is still whole
+        del self._docs[doc_id]
         for i in ids:
-            self._chunks.pop(i, None)
-            self._embeddings.pop(i, None)
-            self.bm25.remove(i)
+            self._drop_chunk(i)
 
     def remove(self, doc_id: str) -> None:
         if not isinstance(doc_id, str):
@@ -291,23 +403,33 @@ class DocumentStore:
                 got=type(doc_id).__name__,
             )
         with self._lock:
-            self._remove(doc_id)
+            if doc_id in self._docs:
+                self._remove(doc_id)
 
     def get(self, ids: Sequence[int]) -> list[Chunk]:
-        return [self._chunks[i] for i in ids if i in self._chunks]
+        """The chunks with these ids, in order; ids no longer stored are skipped."""
+        with self._lock:
+            return [self._chunks[i] for i in ids if i in self._chunks]
 
     def embedding(self, chunk_id: int) -> npt.NDArray[np.float32]:
-        return self._embeddings[chunk_id]
+        """The stored embedding of a chunk (``KeyError`` if it is not stored)."""
+        with self._lock:
+            return self._embeddings[chunk_id]
+
+    def embeddings(self, ids: Iterable[int]) -> dict[int, npt.NDArray[np.float32]]:
+        """The stored embeddings of those chunks still stored, read in one go."""
+        with self._lock:
+            return {i: self._embeddings[i] for i in ids if i in self._embeddings}
 
     def matching(self, flt: Mapping[str, Any]) -> set[int]:
         """Chunk ids whose metadata matches a filter (equality, ranges, ne, in/nin), for
         the lexical side of a filtered search."""
-        return {i for i, c in self._chunks.items() if _matches(c.metadata, flt)}
+        with self._lock:  # a snapshot: add/remove resize the dict meanwhile
+            chunks = list(self._chunks.values())
+        return {c.id for c in chunks if _matches(c.metadata, flt)}
 
 
-_CMP: dict[str, Callable[[Any, Any], Any]] = {
-    "eq": operator.eq,
-    "in": lambda have, val: have in val,
+_RANGE: dict[str, Callable[[Any, Any], Any]] = {
     "lt": operator.lt,
     "lte": operator.le,
     "le": operator.le,
@@ -317,10 +439,29 @@ _CMP: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
+def _eq(have: Any, val: Any) -> bool:
+    """Equality as the vector index evaluates it (the lexical side must agree): numbers
+    by value whatever their type, but a bool only equals a bool (Python has True == 1)."""
+    if isinstance(have, bool) or isinstance(val, bool):
+        return type(have) is type(val) and have == val
+    return bool(have == val)
+
+
+def _ordered(have: Any, val: Any) -> bool:
+    """Whether a range can compare them: two numbers (not bools) or two strs."""
+    if isinstance(have, str) and isinstance(val, str):
+        return True
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (have, val))
+
+
 def _matches(meta: Mapping[str, Any], flt: Mapping[str, Any]) -> bool:
     for key, cond in flt.items():
         if key in ("$or", "or"):
             if not any(_matches(meta, c) for c in cond):
+                return False
+            continue
+        if key in ("$and", "and"):
+            if not all(_matches(meta, c) for c in cond):
                 return False
             continue
         if key in ("$not", "not"):
@@ -329,23 +470,26 @@ def _matches(meta: Mapping[str, Any], flt: Mapping[str, Any]) -> bool:
             continue
         have = meta.get(key)
         if not isinstance(cond, Mapping):
-            if have != cond:
+            if have is None or not _eq(have, cond):
                 return False
             continue
         for op, val in cond.items():
             op = op.lstrip("$")
-            if op in ("ne", "nin"):
-                bad = have == val if op == "ne" else have in val
-                if bad:
+            if op in ("ne", "nin"):  # a missing field passes both
+                vals = [val] if op == "ne" else val
+                if have is not None and any(_eq(have, v) for v in vals):
                     return False
                 continue
             if have is None:
                 return False
-            fn = _CMP.get(op)
-            try:
-                ok = fn is not None and bool(fn(have, val))
-            except TypeError:
-                return False
+            if op == "eq":
+                ok = _eq(have, val)
+            elif op == "in":
+                ok = any(_eq(have, v) for v in val)
+            elif op in _RANGE:
+                ok = _ordered(have, val) and bool(_RANGE[op](have, val))
+            else:
+                ok = False  # the vector search has already refused the operator
             if not ok:
                 return False
     return True

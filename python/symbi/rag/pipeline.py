@@ -28,6 +28,7 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 import anyio
 import msgspec
 
+from ..bus.transport import check_timeout
 from ..embed import Embedder
 from ..errors import InvalidArgument, RequestTimeout
 from .analysis import QueryAnalysis, QueryAnalyzer, RuleQueryAnalyzer
@@ -48,6 +49,9 @@ __all__ = [
     "example_pipeline",
     "load_examples",
 ]
+
+#: Seconds :meth:`RagPipeline.answer` waits when ``timeout`` is not given.
+DEFAULT_TIMEOUT = 30.0
 
 
 class Candidate(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,9 +157,12 @@ class HybridRanker:
         vec = sorted((c for c in candidates if c.vector_rank), key=lambda c: c.vector_rank or 0)
         lex = sorted((c for c in candidates if c.bm25_rank), key=lambda c: c.bm25_rank or 0)
         fused = rrf([[c.chunk.id for c in vec], [c.chunk.id for c in lex]], k=self.rrf_k)
+        # One read of the store: a chunk removed since retrieval is dropped, not a KeyError.
+        embs = store.embeddings(fused)
+        fused = {i: s for i, s in fused.items() if i in embs}
         order = mmr(
             fused,
-            {i: store.embedding(i) for i in fused},
+            embs,
             k,
             lambda_=self.mmr_lambda,
             duplicate_threshold=self.duplicate_threshold,
@@ -210,7 +217,11 @@ class RagPipeline:
                     got=type(stage).__name__,
                 )
         self.store = store if store is not None else DocumentStore(embedder)
-        self.analyzer: QueryAnalyzer = analyzer or RuleQueryAnalyzer()
+        # The default analyser knows the store's metadata keys, so "Note: ..." or
+        # "word:text" on a key no document has stays part of the question.
+        self.analyzer: QueryAnalyzer = analyzer or RuleQueryAnalyzer(
+            known_keys=self.store.metadata_keys
+        )
         self.searcher: VectorSearcher = searcher or IndexVectorSearcher()
         self.retriever: DocumentRetriever = retriever or HybridRetriever()
         self.ranker: Ranker = ranker or HybridRanker()
@@ -269,9 +280,14 @@ class RagPipeline:
             out, timings_ms={**t, "generation": (time.perf_counter() - t0) * 1e3}
         )
 
-    async def answer(self, question: str, *, k: int = 5, timeout: float = 30.0) -> Answer:
+    async def answer(
+        self, question: str, *, k: int = 5, timeout: Optional[float] = DEFAULT_TIMEOUT
+    ) -> Answer:
         """All five stages: retrieval in a worker thread, then generation (a sync
-        generator in a worker thread, an async one awaited), within ``timeout`` s."""
+        generator in a worker thread, an async one awaited), within ``timeout`` s
+        (a positive finite number; None means the default, 30 s)."""
+        # Never unbounded: None is the default, not "wait forever".
+        timeout = check_timeout(DEFAULT_TIMEOUT if timeout is None else timeout)
         try:
             with anyio.fail_after(timeout):
                 analysis, ranked, t = await anyio.to_thread.run_sync(

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import _core
-from ..errors import VectorIndexError
+from ..errors import InvalidArgument, VectorIndexError
 
 __all__ = ["NO_ID", "VectorIndex", "VectorIndexStats", "VectorRecord"]
 
@@ -147,6 +147,23 @@ def _metadata(metadata: Any, n: int) -> Optional[Sequence[Optional[dict[str, Any
     if len(out) != n:
         raise _bad("metadata", f"got {len(out)} metadata entries for {n} ids; pass one per id")
     return out
+
+
+def _dir_path(path: Any) -> str:
+    # os.fspath raises a bare TypeError for an int or None: say what is expected.
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgument(
+            f"path must be a directory path (str or os.PathLike), got {type(path).__name__}",
+            argument="path",
+            expected="str | os.PathLike",
+            got=type(path).__name__,
+        )
+    p = os.fspath(path)
+    if not isinstance(p, str):  # a bytes path: the core takes str
+        raise InvalidArgument(
+            "path must be a str path, not bytes", argument="path", expected="str", got=p
+        )
+    return p
 
 
 class VectorIndex:
@@ -330,10 +347,10 @@ class VectorIndex:
         the ``CURRENT`` pointer is swapped atomically and the directory fsynced; older
         generations are removed afterwards. Deleted items are compacted away.
         """
-        self._core.save(os.fspath(path))
+        self._core.save(_dir_path(path))
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike[str]], *, mmap: bool = True) -> VectorIndex:
         """Open an index saved with :meth:`save`. With ``mmap`` (the default) the float32
         vectors stay in the memory-mapped file and are paged in on demand."""
-        return cls._wrap(_core.VectorIndexCore.load(os.fspath(path), bool(mmap)))
+        return cls._wrap(_core.VectorIndexCore.load(_dir_path(path), bool(mmap)))

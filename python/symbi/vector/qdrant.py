@@ -12,12 +12,14 @@ URLs: ``http(s)://host:6333`` is a server; ``qdrant-local://:memory:`` and
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
 
+from ..bus.transport import check_timeout
 from ..errors import ContextStoreError, InvalidArgument
 from .store import check_k
 
@@ -43,29 +45,86 @@ def _bad_filter(msg: str, got: Any) -> InvalidArgument:
     )
 
 
+# Floats represent every int up to 2**53 exactly: such ints can be matched as numbers.
+_EXACT_FLOAT_INT = 2**53
+
+
+def _operand(key: str, op: str, val: Any) -> Any:
+    """``val`` checked as the embedded index checks filter operands."""
+    if isinstance(val, (bool, str)):
+        return val
+    if isinstance(val, int):
+        if not -(2**63) <= val < 2**63:
+            raise _bad_filter(f"{key!r}.{op}: integers must fit in 64 bits", val)
+        return val
+    if isinstance(val, float):
+        if not math.isfinite(val):
+            raise _bad_filter(f"{key!r}.{op}: floats must be finite (no NaN or infinity)", val)
+        return val
+    raise _bad_filter(
+        f"{key!r}.{op}: operand of type {type(val).__name__} is not supported; use str, "
+        "int, float or bool",
+        val,
+    )
+
+
+def _equal(models: Any, key: str, values: Sequence[Any]) -> list[Any]:
+    """Conditions of which one matches iff the field equals one of ``values``, with the
+    embedded index's semantics: numbers compare by value whatever their type (``2``
+    matches ``2.0``), bools only bools, strs only strs. Qdrant's MatchValue/MatchAny
+    compare types exactly and take no floats, so numbers become point ranges."""
+    strs = [v for v in values if isinstance(v, str)]
+    out: list[Any] = []
+    if strs:
+        out.append(models.FieldCondition(key=key, match=models.MatchAny(any=strs)))
+    for b in dict.fromkeys(v for v in values if isinstance(v, bool)):
+        out.append(models.FieldCondition(key=key, match=models.MatchValue(value=b)))
+    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    # Beyond 2**53 a float range would also match neighbouring ints: match those exactly.
+    big = [v for v in nums if isinstance(v, int) and abs(v) > _EXACT_FLOAT_INT]
+    if big:
+        out.append(models.FieldCondition(key=key, match=models.MatchAny(any=big)))
+    for x in dict.fromkeys(float(v) for v in nums if not (isinstance(v, int) and v in big)):
+        out.append(models.FieldCondition(key=key, range=models.Range(gte=x, lte=x)))
+    return out
+
+
+def _any_of(models: Any, conds: list[Any]) -> Any:
+    """One condition true iff one of ``conds`` is; an empty list matches nothing."""
+    if len(conds) == 1:
+        return conds[0]
+    if not conds:  # "in []": Qdrant's empty should would match everything
+        return models.HasIdCondition(has_id=[])
+    return models.Filter(should=conds)
+
+
 def _field(models: Any, key: str, cond: Any) -> tuple[list[Any], list[Any]]:
     """(must, must_not) conditions for one ``key: cond`` entry."""
     if not isinstance(cond, Mapping):
         if isinstance(cond, (list, tuple, set, dict)) or cond is None:
             raise _bad_filter(f"{key!r}: use {{'in': [...]}} for sets", cond)
-        return [models.FieldCondition(key=key, match=models.MatchValue(value=cond))], []
+        return [_any_of(models, _equal(models, key, [_operand(key, "eq", cond)]))], []
     must: list[Any] = []
     must_not: list[Any] = []
     rng: dict[str, Any] = {}
     for op, val in cond.items():
-        if op in ("eq", "$eq"):
-            must.append(models.FieldCondition(key=key, match=models.MatchValue(value=val)))
-        elif op in ("ne", "$ne"):
-            must_not.append(models.FieldCondition(key=key, match=models.MatchValue(value=val)))
-        elif op.lstrip("$") in _RANGE_OPS:
+        name = op.lstrip("$") if isinstance(op, str) else op
+        if name == "eq":
+            must.append(_any_of(models, _equal(models, key, [_operand(key, op, val)])))
+        elif name == "ne":
+            must_not.extend(_equal(models, key, [_operand(key, op, val)]))
+        elif name in _RANGE_OPS:
             if isinstance(val, bool) or not isinstance(val, (int, float)):
                 raise _bad_filter(f"{key!r}.{op} needs a number", val)
-            rng[_RANGE_OPS[op.lstrip("$")]] = val
-        elif op in ("in", "$in", "nin", "$nin"):
+            rng[_RANGE_OPS[name]] = _operand(key, op, val)
+        elif name in ("in", "nin"):
             if not isinstance(val, (list, tuple)):
                 raise _bad_filter(f"{key!r}.{op} needs a list", val)
-            fc = models.FieldCondition(key=key, match=models.MatchAny(any=list(val)))
-            (must if op.lstrip("$") == "in" else must_not).append(fc)
+            conds = _equal(models, key, [_operand(key, op, v) for v in val])
+            if name == "in":
+                must.append(_any_of(models, conds))
+            else:
+                must_not.extend(conds)  # must_not: none of them may match
         else:
             raise _bad_filter(f"unknown operator {op!r} on {key!r}", op)
     if rng:
@@ -73,22 +132,43 @@ def _field(models: Any, key: str, cond: Any) -> tuple[list[Any], list[Any]]:
     return must, must_not
 
 
+def _sub_filters(key: str, cond: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(cond, (list, tuple)) or not all(isinstance(c, Mapping) for c in cond):
+        raise _bad_filter(f"{key} needs a list of filter dicts", cond)
+    return list(cond)
+
+
 def qdrant_filter(flt: Optional[Mapping[str, Any]]) -> Any:
-    """A ``qdrant_client.models.Filter`` equal to a :class:`~symbi.VectorIndex` filter."""
+    """A ``qdrant_client.models.Filter`` equal to a :class:`~symbi.VectorIndex` filter
+    (:class:`InvalidArgument` for a filter it cannot express)."""
     if flt is None:
         return None
     if not isinstance(flt, Mapping):
         raise _bad_filter("must be a dict such as {'lang': 'de'}", flt)
     models = _models()
+    try:
+        return _build(models, flt)
+    except InvalidArgument:
+        raise
+    except (ValueError, TypeError) as e:  # pydantic's ValidationError is a ValueError
+        raise _bad_filter(f"Qdrant cannot express {dict(flt)!r}: {e}", flt) from None
+
+
+def _build(models: Any, flt: Mapping[str, Any]) -> Any:
     must: list[Any] = []
     must_not: list[Any] = []
     for key, cond in flt.items():
+        if not isinstance(key, str):
+            raise _bad_filter(f"keys must be str, got {key!r}", key)
         if key in ("$and", "and"):
-            must.extend(qdrant_filter(c) for c in cond)
+            must.extend(_build(models, c) for c in _sub_filters(key, cond))
         elif key in ("$or", "or"):
-            must.append(models.Filter(should=[qdrant_filter(c) for c in cond]))
+            subs = [_build(models, c) for c in _sub_filters(key, cond)]
+            must.append(_any_of(models, subs))
         elif key in ("$not", "not"):
-            must_not.append(qdrant_filter(cond))
+            if not isinstance(cond, Mapping):
+                raise _bad_filter(f"{key} needs a filter dict", cond)
+            must_not.append(_build(models, cond))
         else:
             m, mn = _field(models, key, cond)
             must.extend(m)
@@ -128,6 +208,7 @@ class QdrantVectorStore:
                 expected="a Qdrant URL or a QdrantClient",
                 got=url,
             )
+        timeout = check_timeout(timeout)
         self._models = _models()
         self._dim = dim
         self.collection = collection
@@ -231,7 +312,22 @@ class QdrantVectorStore:
         self, query: Any, k: int, filter: Optional[Mapping[str, Any]] = None
     ) -> list[tuple[int, float]]:
         k = check_k(k)
-        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        try:
+            q = np.asarray(query, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise InvalidArgument(
+                f"query must be a {self._dim}-d vector ({e})",
+                argument="query",
+                expected=f"({self._dim},) floats",
+                got=type(query).__name__,
+            ) from None
+        if q.shape[0] != self._dim:  # else Qdrant's own shape error, as a store failure
+            raise InvalidArgument(
+                f"query must be a {self._dim}-d vector, got {q.shape[0]}-d",
+                argument="query",
+                expected=f"({self._dim},)",
+                got=q.shape,
+            )
         res = self._call(
             "query_points",
             self._client.query_points,
