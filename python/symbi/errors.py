@@ -248,7 +248,9 @@ class SandboxError(SymbiError):
 class AuditIntegrityError(SymbiError):
     """The audit trail failed verification. ``sequence`` is the first bad event and
     ``kind`` says what is wrong with it: ``signature``, ``link``, ``missing``, ``order``,
-    ``corrupt`` (damaged bytes on disk) or ``inclusion`` (a proof that does not verify)."""
+    ``corrupt`` (damaged bytes on disk) or ``inclusion`` (a proof that does not verify);
+    or ``checkpoint`` (the checkpoint file is missing or damaged while every event is
+    intact), with ``sequence`` None."""
 
     def __init__(
         self, message: str, *, sequence: Optional[int] = None, kind: Optional[str] = None

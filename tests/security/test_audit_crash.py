@@ -11,7 +11,7 @@ from pathlib import Path
 
 import anyio
 
-from symbi.audit import AuditLog, query_dir, verify_dir
+from symbi.audit import AuditLog, OpenReport, query_dir, verify_dir
 
 WRITER = r"""
 import sys, anyio
@@ -63,13 +63,17 @@ def test_kill_9_loses_no_acknowledged_event(tmp_path: Path) -> None:
     # Read-only verification accepts at most a torn (unacknowledged) tail.
     verify_dir(trail, allow_torn_tail=True)
 
-    async def reopen() -> None:
+    async def reopen() -> OpenReport:
         async with AuditLog(trail) as log:
             report = log.open_report
-            assert report.damaged_regions == 0
             await log.append("after", "crash.reopened")
+        return report
 
-    anyio.run(reopen)
+    report = anyio.run(reopen)
+    assert report.damaged_regions == 0
+    if report.truncated_bytes:  # the unfinished write was moved aside, not deleted
+        assert report.quarantine_file is not None
+        assert Path(report.quarantine_file).stat().st_size == report.truncated_bytes
     stored = {e.sequence for e in query_dir(trail)}
     missing = set(acked) - stored
     assert not missing, f"acknowledged events lost: {sorted(missing)[:10]}"

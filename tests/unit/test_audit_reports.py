@@ -91,3 +91,27 @@ def test_bad_inputs(trail: Path, tmp_path: Path) -> None:
     bad.write_text("[frameworks.x]\ntitle = 1\n")
     with pytest.raises(InvalidArgument):
         load_frameworks(bad)
+
+
+def test_knowledge_access_counts_as_recorded_access(tmp_path: Path) -> None:
+    async def write() -> None:
+        async with AuditLog(tmp_path / "k") as log:
+            for t in ("knowledge.read", "knowledge.write", "knowledge.delete", "knowledge.denied"):
+                await log.append("agent-1", t, {"collection": "patients"})
+
+    anyio.run(write)
+    for fw, control in (("hipaa", "164.312(a)(1)"), ("gdpr", "Art. 30")):
+        c = next(c for c in build(tmp_path / "k", fw).controls if c.id == control)
+        assert c.by_type == {"knowledge.read": 1, "knowledge.write": 1, "knowledge.delete": 1}
+
+
+@pytest.mark.parametrize("order", [[0, 2, 1, 3], [0, 1, 3], [1, 1, 2], [3, 2, 1, 0]])
+def test_event_list_must_be_in_order_without_gaps(trail: Path, order: list[int]) -> None:
+    evs = query_dir(trail)
+    integrity = [
+        c for c in build([evs[i] for i in order], "sox").controls if c.check == "integrity"
+    ]
+    assert integrity[0].status == "fail", integrity[0].detail
+    assert "query_dir" in integrity[0].detail
+    whole = next(c for c in build(evs, "sox").controls if c.check == "integrity")
+    assert whole.status == "info"

@@ -24,6 +24,9 @@ import msgspec
 __all__ = ["AuditEvent", "Checkpoint", "InclusionProof", "OpenReport", "VerifyReport"]
 
 _decode_details = msgspec.json.Decoder(dict[str, Any]).decode
+#: Nanoseconds per second. ``ns / _NS`` (int / int) is correctly rounded; ``ns / 1e9``
+#: rounds twice (ns does not fit a float's 53 bits), and time filters must agree with it.
+_NS = 10**9
 
 
 class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,8 +47,10 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def time(self) -> float:
-        """``timestamp`` as float seconds since the Unix epoch."""
-        return self.timestamp / 1e9
+        """``timestamp`` as float seconds since the Unix epoch (correctly rounded).
+        ``query(since=ev.time)`` includes ``ev``; for exact bounds pass
+        ``ev.timestamp`` (int nanoseconds)."""
+        return self.timestamp / _NS
 
     @classmethod
     def _from_core(
@@ -138,12 +143,14 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class OpenReport(msgspec.Struct, frozen=True, kw_only=True):
-    """What opening a store found: a torn tail it cut off (``truncated_bytes`` from
-    ``truncated_file``) and damaged regions it left for verification to name."""
+    """What opening a store found: a torn tail (an unfinished write) it cut off
+    (``truncated_bytes`` from ``truncated_file``, moved into ``quarantine_file``, never
+    deleted) and damaged regions it left for verification to name."""
 
     segments: int = 0
     events: int = 0
     checkpoints: int = 0
     truncated_bytes: int = 0
     truncated_file: Optional[str] = None
+    quarantine_file: Optional[str] = None
     damaged_regions: int = 0

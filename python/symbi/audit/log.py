@@ -32,19 +32,23 @@ import contextlib
 import logging
 import math
 import os
+import struct
 import threading
 import time
+import uuid
+import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from fractions import Fraction
 from types import TracebackType
 from typing import Any, Callable, Optional, Protocol, Union, runtime_checkable
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import _core
 from ..components import ComponentHealth
@@ -56,13 +60,30 @@ from ..errors import (
     RequestTimeout,
     RuntimeStateError,
 )
-from .events import AuditEvent, Checkpoint, InclusionProof, OpenReport, VerifyReport
+from .events import (
+    _NS,
+    AuditEvent,
+    Checkpoint,
+    InclusionProof,
+    OpenReport,
+    VerifyReport,
+)
 
-__all__ = ["AuditLog", "AuditSink", "TimeLike", "query_dir", "verify_dir", "verify_inclusion"]
+__all__ = [
+    "AuditLog",
+    "AuditSink",
+    "AuditStream",
+    "TimeLike",
+    "query_dir",
+    "verify_dir",
+    "verify_inclusion",
+]
 
 log = logging.getLogger("symbi.audit")
 
-#: A point in time: a datetime (naive means UTC) or Unix seconds.
+#: A point in time: a datetime (naive means UTC), Unix seconds (int or float), or int
+#: nanoseconds since the epoch (``AuditEvent.timestamp``): an int too large to be seconds
+#: the trail can hold (beyond 2262-04-11) is read as nanoseconds. See :func:`_to_ns`.
 TimeLike = Union[datetime, float, int]
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -160,16 +181,46 @@ _NS_MIN, _NS_MAX = -(2**63), 2**63 - 1
 _COUNT_MAX = 2**63 - 1
 
 
+#: Whole Unix seconds of at most this size are seconds; larger ints are nanoseconds.
+_SECONDS_MAX = _NS_MAX // _NS
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _float_to_ns(t: float) -> int:
+    """The first nanosecond ``n`` whose float seconds (``n / 10**9``, which is how
+    ``AuditEvent.time`` is computed) are ``>= t``. So ``timestamp >= _float_to_ns(t)``
+    exactly when ``time >= t``: ``query(since=ev.time)`` includes ``ev`` and
+    ``query(until=ev.time)`` excludes it, with no rounding either way."""
+    exact = Fraction(t) * _NS
+    hi = math.ceil(exact)  # hi / 10**9 >= t exactly, so its float is too
+    # One float step below t cannot round up to t (t - ulp(t) is a float).
+    lo = math.floor(exact - Fraction(math.ulp(t)) * _NS) - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if mid / _NS >= t:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def _to_ns(name: str, t: Optional[TimeLike]) -> Optional[int]:
+    """``t`` as int nanoseconds since the epoch, without rounding through floats: the one
+    conversion ``query``, ``query_dir``, reports and the CLI share."""
     if t is None:
         return None
     ns: Optional[int] = None
     if isinstance(t, datetime):
         if t.tzinfo is None:
             t = t.replace(tzinfo=timezone.utc)
-        ns = int(t.timestamp() * 1e9)
-    elif isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
-        ns = int(t * 1e9)
+        d = t - _EPOCH
+        ns = (d.days * 86_400 + d.seconds) * _NS + d.microseconds * 1_000
+    elif isinstance(t, int) and not isinstance(t, bool):
+        ns = t * _NS if abs(t) <= _SECONDS_MAX else int(t)
+    elif isinstance(t, float) and abs(t) <= _SECONDS_MAX + 1:
+        ns = _float_to_ns(t)
+    elif isinstance(t, float) and not math.isnan(t):
+        ns = _NS_MAX + 1 if t > 0 else _NS_MIN - 1  # out of range, reported below
     if ns is not None:
         if _NS_MIN <= ns <= _NS_MAX:
             return ns
@@ -181,11 +232,17 @@ def _to_ns(name: str, t: Optional[TimeLike]) -> Optional[int]:
             got=t,
         )
     raise InvalidArgument(
-        f"{name} must be a datetime or Unix seconds, got {t!r}",
+        f"{name} must be a datetime, Unix seconds or int nanoseconds, got {t!r}",
         argument=name,
-        expected="datetime | float seconds",
+        expected="datetime | float seconds | int nanoseconds",
         got=t,
     )
+
+
+def _ns_to_datetime(ns: int) -> datetime:
+    """An event time as an aware UTC datetime, truncated to the microsecond (never rounded
+    up into the next second)."""
+    return _EPOCH + timedelta(microseconds=ns // 1_000)
 
 
 def _check_timeout(timeout: Optional[float]) -> Optional[float]:
@@ -370,10 +427,12 @@ class AuditLog:
             rep = self.open_report
             if rep.truncated_bytes:
                 log.warning(
-                    "audit store %s: cut a torn tail of %d bytes from %s (unacknowledged writes)",
+                    "audit store %s: moved a torn tail of %d bytes (an unfinished, "
+                    "unacknowledged write) from %s to %s",
                     self._path,
                     rep.truncated_bytes,
                     rep.truncated_file,
+                    rep.quarantine_file,
                 )
             if rep.damaged_regions:
                 log.error(
@@ -486,9 +545,11 @@ class AuditLog:
         self._own_tg = tg
         try:
             await self.start(tg)
-        except BaseException as e:
+        except BaseException:
+            # Close the (task-less) group without folding the error into an
+            # ExceptionGroup: a refused open raises AuditIntegrityError as it is.
             tg.cancel_scope.cancel()
-            await tg.__aexit__(type(e), e, e.__traceback__)
+            await tg.__aexit__(None, None, None)
             raise
         return self
 
@@ -811,55 +872,41 @@ class AuditLog:
                     except anyio.WouldBlock:
                         s.overflowed = True
                         s.send.close()
-                        self._subs.remove(s)
+                        _drop(self._subs, s)
                         break
                     except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                        self._subs.remove(s)
+                        _drop(self._subs, s)
                         break
 
-    async def stream(
+    def stream(
         self,
         *,
         agent: Optional[str] = None,
         type: Optional[str] = None,
         timeout: Optional[float] = None,
         buffer: int = 10_000,
-    ) -> AsyncIterator[AuditEvent]:
+    ) -> AuditStream:
         """Follow new events live, optionally only those of ``agent`` and/or ``type``.
 
-        Iteration ends when no matching event arrives within ``timeout`` seconds (None:
-        wait forever) or when the log stops. A consumer more than ``buffer`` events behind
-        gets :class:`~symbi.errors.DeliveryError`; catch up with ``query(after=...)``."""
+        The stream receives every matching event appended **after this call** (it
+        subscribes now, not when iteration starts). Iteration ends when no matching event
+        arrives within ``timeout`` seconds (None: wait forever) or when the log stops. A
+        consumer more than ``buffer`` events behind gets
+        :class:`~symbi.errors.DeliveryError`; catch up with ``query(after=...)``. Close an
+        unfinished stream with ``await stream.aclose()`` (or ``async with``); one that is
+        dropped unsubscribes when it is garbage-collected."""
         _query_args(agent, type, None, None, None, None)
         _check_timeout(timeout)
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+            raise InvalidArgument(
+                f"buffer must be an int >= 1 (events held for a slow consumer), got {buffer!r}",
+                argument="buffer",
+                expected="int >= 1",
+                got=buffer,
+            )
         if self._closed:
-            raise RuntimeStateError("this AuditLog is closed")
-        send, recv = anyio.create_memory_object_stream[AuditEvent](max(1, buffer))
-        sub = _Sub(agent, type, send)
-        self._subs.append(sub)
-        wait = math.inf if timeout is None else timeout
-        try:
-            while True:
-                with anyio.move_on_after(wait) as scope:
-                    try:
-                        ev = await recv.receive()
-                    except anyio.EndOfStream:
-                        if sub.overflowed:
-                            raise DeliveryError(
-                                f"the audit stream fell more than {buffer} events behind; "
-                                "catch up with query(after=<last sequence>) and stream again",
-                                recipient="audit.stream",
-                                reason="overflow",
-                            ) from None
-                        return
-                if scope.cancelled_caught:
-                    return
-                yield ev
-        finally:
-            if sub in self._subs:
-                self._subs.remove(sub)
-            send.close()
-            recv.close()
+            raise RuntimeStateError("this AuditLog is closed; open a new one to stream")
+        return AuditStream(self._subs, agent, type, timeout, buffer)
 
     def query(
         self,
@@ -878,7 +925,8 @@ class AuditLog:
 
     def verify(self) -> VerifyReport:
         """Recompute the chain, batch-verify every signature and check every checkpoint.
-        Raises :class:`~symbi.errors.AuditIntegrityError` naming the first bad event."""
+        Raises :class:`~symbi.errors.AuditIntegrityError` naming the first bad event (see
+        :mod:`symbi.audit` for the kinds)."""
         return VerifyReport._from_core(self._open().verify(), self._path)
 
     def checkpoints(self) -> list[Checkpoint]:
@@ -910,6 +958,77 @@ class AuditLog:
         )
 
 
+def _drop(subs: list[_Sub], sub: _Sub) -> None:
+    """Unsubscribe ``sub`` (it may already be gone: a garbage-collected stream removes
+    itself at any allocation, from any thread)."""
+    with contextlib.suppress(ValueError):
+        subs.remove(sub)
+
+
+def _unsubscribe(subs: list[_Sub], sub: _Sub, recv: MemoryObjectReceiveStream[AuditEvent]) -> None:
+    _drop(subs, sub)
+    sub.send.close()
+    recv.close()
+
+
+class AuditStream:
+    """Live events from :meth:`AuditLog.stream`: an async iterator that is subscribed from
+    the moment it is created, so no event appended between ``stream()`` and the first
+    ``__anext__`` is missed."""
+
+    def __init__(
+        self,
+        subs: list[_Sub],
+        agent: Optional[str],
+        type: Optional[str],
+        timeout: Optional[float],
+        buffer: int,
+    ) -> None:
+        send, recv = anyio.create_memory_object_stream[AuditEvent](buffer)
+        self._sub = _Sub(agent, type, send)
+        self._recv = recv
+        self._wait = math.inf if timeout is None else timeout
+        self._buffer = buffer
+        subs.append(self._sub)
+        # Unsubscribes when closed, or when the stream is dropped unclosed (the finalizer
+        # holds no reference to the stream itself).
+        self._close = weakref.finalize(self, _unsubscribe, subs, self._sub, recv)
+
+    def __aiter__(self) -> AuditStream:
+        return self
+
+    async def __anext__(self) -> AuditEvent:
+        if not self._close.alive:
+            raise StopAsyncIteration
+        with anyio.move_on_after(self._wait):
+            try:
+                return await self._recv.receive()
+            except anyio.ClosedResourceError:  # closed by aclose() meanwhile
+                raise StopAsyncIteration from None
+            except anyio.EndOfStream:
+                self._close()
+                if self._sub.overflowed:
+                    raise DeliveryError(
+                        f"the audit stream fell more than {self._buffer} events behind; "
+                        "catch up with query(after=<last sequence>) and stream again",
+                        recipient="audit.stream",
+                        reason="overflow",
+                    ) from None
+                raise StopAsyncIteration from None
+        self._close()  # no matching event within the timeout
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Unsubscribe; events already received are dropped."""
+        self._close()
+
+    async def __aenter__(self) -> AuditStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._close()
+
+
 class _nullscope:
     def __enter__(self) -> None:
         return None
@@ -934,12 +1053,34 @@ def verify_dir(
     path: PathLike, *, public_key: Optional[bytes] = None, allow_torn_tail: bool = False
 ) -> VerifyReport:
     """Verify the store in ``path`` read-only (with its ``audit.pub``, or a pinned
-    ``public_key``). A torn tail left by a crash counts as damage unless
-    ``allow_torn_tail``; opening the store with :class:`AuditLog` repairs it.
-    Raises :class:`~symbi.errors.AuditIntegrityError` naming the first bad event."""
+    ``public_key``). A torn tail left by a crash (an unfinished last record) counts as
+    damage unless ``allow_torn_tail``; opening the store with :class:`AuditLog` moves it
+    aside. A complete last record with a bad CRC is never a torn tail. Raises
+    :class:`~symbi.errors.AuditIntegrityError` naming the first bad event, or kind
+    ``checkpoint`` (``sequence`` None) when only the checkpoint file is wrong (see
+    :mod:`symbi.audit` for the kinds)."""
+    if not isinstance(allow_torn_tail, bool):
+        raise InvalidArgument(
+            "allow_torn_tail must be a bool",
+            argument="allow_torn_tail",
+            expected="bool",
+            got=allow_torn_tail,
+        )
+    if public_key is not None and not isinstance(public_key, (bytes, bytearray, memoryview)):
+        raise InvalidArgument(
+            "public_key must be the trail's 32-byte Ed25519 public key (bytes) or None",
+            argument="public_key",
+            expected="bytes | None",
+            got=type(public_key).__name__,
+        )
     p = _dir_arg(path)
     return VerifyReport._from_core(
-        _core.audit_verify_dir(p, public_key=public_key, allow_torn_tail=allow_torn_tail), p
+        _core.audit_verify_dir(
+            p,
+            public_key=None if public_key is None else bytes(public_key),
+            allow_torn_tail=allow_torn_tail,
+        ),
+        p,
     )
 
 
@@ -958,18 +1099,114 @@ def query_dir(
     return [AuditEvent._from_core(t) for t in _core.audit_query_dir(_dir_arg(path), **args)]
 
 
+_EVENT_DOMAIN = b"symbi.audit.event.v1\0"
+
+
+def _decode_canonical(b: bytes) -> Optional[tuple[int, str, int, str, str, str, bytes]]:
+    """``(sequence, event_id, timestamp, key_id, agent_id, event_type, details JSON)`` of
+    canonical event bytes (layout in ``events.py``), or None when they are malformed."""
+    try:
+        if not b.startswith(_EVENT_DOMAIN):
+            return None
+        p = len(_EVENT_DOMAIN)
+        seq, eid, ts, n = struct.unpack_from(">Q16sqH", b, p)
+        p += 34
+        fields = [b[p : p + n]]
+        p += n
+        for _ in range(3):
+            (n,) = struct.unpack_from(">I", b, p)
+            fields.append(b[p + 4 : p + 4 + n])
+            p += 4 + n
+        if p != len(b):
+            return None
+        kid, agent, etype = (f.decode() for f in fields[:3])
+    except (struct.error, UnicodeDecodeError):
+        return None
+    return seq, str(uuid.UUID(bytes=eid)), ts, kid, agent, etype, fields[3]
+
+
+def _bad_proof(argument: str, expected: str, got: object) -> InvalidArgument:
+    return InvalidArgument(
+        f"{argument} must be {expected}; pass the InclusionProof and Checkpoint that "
+        f"AuditLog.prove returned and the trail's 32-byte public key, got {got!r:.100}",
+        argument=argument,
+        expected=expected,
+        got=got,
+    )
+
+
+def _check_proof_args(proof: object, checkpoint: object, public_key: object) -> bytes:
+    """Type-check what :func:`verify_inclusion` hands to the Rust core (msgspec structs do
+    not validate their fields on construction); return the key as bytes."""
+    if not isinstance(proof, InclusionProof):
+        raise _bad_proof("proof", "an InclusionProof", type(proof).__name__)
+    if not isinstance(checkpoint, Checkpoint):
+        raise _bad_proof("checkpoint", "a Checkpoint", type(checkpoint).__name__)
+    if not isinstance(public_key, (bytes, bytearray, memoryview)):
+        raise _bad_proof("public_key", "bytes", type(public_key).__name__)
+    ev = proof.event
+    if not isinstance(ev, AuditEvent):
+        raise _bad_proof("proof.event", "an AuditEvent", type(ev).__name__)
+    u64 = (
+        ("proof.sequence", proof.sequence),
+        ("proof.tree_size", proof.tree_size),
+        ("checkpoint.size", checkpoint.size),
+    )
+    for name, v in u64:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**64:
+            raise _bad_proof(name, "an int in 0..2**64-1", v)
+    t = checkpoint.timestamp
+    if isinstance(t, bool) or not isinstance(t, int) or not _NS_MIN <= t <= _NS_MAX:
+        raise _bad_proof("checkpoint.timestamp", "int nanoseconds", t)
+    if not isinstance(checkpoint.key_id, str):
+        raise _bad_proof("checkpoint.key_id", "a str", checkpoint.key_id)
+    blobs = (
+        ("checkpoint.root", checkpoint.root),
+        ("checkpoint.signature", checkpoint.signature),
+        ("proof.canonical", proof.canonical),
+        ("proof.event.prev_hash", ev.prev_hash),
+        ("proof.event.chain_hash", ev.chain_hash),
+        ("proof.event.signature", ev.signature),
+    )
+    for name, blob in blobs:
+        if not isinstance(blob, bytes):
+            raise _bad_proof(name, "bytes", type(blob).__name__)
+    if not isinstance(proof.path, list) or not all(isinstance(h, bytes) for h in proof.path):
+        raise _bad_proof("proof.path", "a list of bytes", proof.path)
+    return bytes(public_key)
+
+
+def _event_matches(ev: AuditEvent, seq: int, canonical: bytes) -> bool:
+    """Does ``ev`` show exactly the event whose canonical bytes are ``canonical``? The
+    chain hash, signature and inclusion path cover only those bytes, so every field a
+    reader sees must come from them."""
+    f = _decode_canonical(canonical)
+    if f is None:
+        return False
+    c_seq, eid, ts, kid, agent, etype, details = f
+    try:
+        same_details = _encode(ev.details) == details
+    except (TypeError, msgspec.EncodeError):
+        return False
+    # type() checks: True == 1 and 2.0 == 2 would pass ==.
+    shown = (ev.sequence, ev.event_id, ev.timestamp, ev.key_id, ev.agent_id, ev.event_type)
+    return (
+        c_seq == seq
+        and type(ev.sequence) is int
+        and type(ev.timestamp) is int
+        and shown == (seq, eid, ts, kid, agent, etype)
+        and same_details
+    )
+
+
 def verify_inclusion(proof: InclusionProof, checkpoint: Checkpoint, public_key: bytes) -> None:
-    """Check that ``proof`` shows its event is in the trail ``checkpoint`` signs, and that
-    the event and checkpoint are signed by ``public_key``. Raises
+    """Check that ``proof`` shows its event is in the trail ``checkpoint`` signs, that the
+    event and checkpoint are signed by ``public_key``, and that every field of
+    ``proof.event`` (sequence, time, agent, type, details, ids) is what was signed. Raises
     :class:`~symbi.errors.AuditIntegrityError` (kind ``signature``, ``link`` or
-    ``inclusion``) when anything does not hold."""
-    if not isinstance(proof, InclusionProof) or not isinstance(checkpoint, Checkpoint):
-        raise InvalidArgument(
-            "pass an InclusionProof (from AuditLog.prove) and a Checkpoint",
-            argument="proof",
-            expected="InclusionProof, Checkpoint",
-            got=type(proof).__name__,
-        )
+    ``inclusion``) when anything does not hold, and
+    :class:`~symbi.errors.InvalidArgument` for arguments of the wrong type."""
+    key = _check_proof_args(proof, checkpoint, public_key)
     seq = proof.sequence
     if not _core.audit_verify_checkpoint(
         checkpoint.size,
@@ -977,7 +1214,7 @@ def verify_inclusion(proof: InclusionProof, checkpoint: Checkpoint, public_key: 
         checkpoint.timestamp,
         checkpoint.key_id,
         checkpoint.signature,
-        bytes(public_key),
+        key,
     ):
         raise AuditIntegrityError(
             f"the checkpoint over {checkpoint.size} events is not signed by this public key",
@@ -986,10 +1223,18 @@ def verify_inclusion(proof: InclusionProof, checkpoint: Checkpoint, public_key: 
         )
     ev = proof.event
     if not _core.audit_verify_event(
-        ev.prev_hash, seq, proof.canonical, ev.chain_hash, ev.signature, bytes(public_key)
+        ev.prev_hash, seq, proof.canonical, ev.chain_hash, ev.signature, key
     ):
         raise AuditIntegrityError(
             f"event {seq} in the proof does not match its chain hash or signature",
+            sequence=seq,
+            kind="link",
+        )
+    if not _event_matches(ev, seq, proof.canonical) or ev.key_id != checkpoint.key_id:
+        raise AuditIntegrityError(
+            f"the event in the proof of event {seq} differs from the signed bytes it comes "
+            "with (sequence, time, agent, type, details or ids were changed); trust only "
+            "the fields decoded from proof.canonical",
             sequence=seq,
             kind="link",
         )

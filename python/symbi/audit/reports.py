@@ -9,7 +9,9 @@ A framework is a list of controls. Each control has a ``check``:
   patterns such as ``"data.read*"``); fails below ``min_events`` or above ``max_events``.
 - ``denials``: the same, for policy denials; reported per agent.
 - ``integrity``: the trail verifies (chain, signatures, checkpoints). For a list of events
-  only their chain linkage can be checked.
+  only their order and chain linkage can be checked: sequence numbers must increase by one
+  from event to event (pass the whole trail, not a filtered query) and each event must
+  link to the one before.
 - ``retention``: the trail still holds its first event (nothing pruned) and its span is
   reported against ``retention_days``.
 - ``key_use``: which signing keys signed the period's events (exactly one expected), and
@@ -39,7 +41,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -47,7 +48,7 @@ import msgspec
 
 from ..errors import AuditIntegrityError, InvalidArgument, SymbiError
 from .events import AuditEvent
-from .log import TimeLike, _to_ns, query_dir, verify_dir
+from .log import TimeLike, _ns_to_datetime, _to_ns, query_dir, verify_dir
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,7 +113,19 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _DENY = ["policy.deny*", "*.denied", "*.deny"]
-_ACCESS = ["data.access*", "data.read*", "data.write*", "phi.*", "pii.*", "*.sensitive*"]
+#: Access to protected data, including the runtime's own knowledge-store events
+#: (``knowledge.read`` / ``knowledge.write`` / ``knowledge.delete``, symbi.context).
+_ACCESS = [
+    "data.access*",
+    "data.read*",
+    "data.write*",
+    "knowledge.read*",
+    "knowledge.write*",
+    "knowledge.delete*",
+    "phi.*",
+    "pii.*",
+    "*.sensitive*",
+]
 _KEYS = ["key.*", "crypto.*"]
 
 
@@ -250,12 +263,20 @@ def _match(ev_type: str, patterns: Sequence[str]) -> bool:
 def _iso(ns: Optional[int]) -> Optional[str]:
     if ns is None:
         return None
-    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
+    return _ns_to_datetime(ns).isoformat(timespec="seconds")
 
 
 def _chain_ok(events: Sequence[AuditEvent]) -> Optional[str]:
+    """Why a list of events is not an unbroken piece of one trail, or None if it is."""
     for a, b in zip(events, events[1:]):
-        if b.sequence == a.sequence + 1 and b.prev_hash != a.chain_hash:
+        if b.sequence != a.sequence + 1:
+            how = "goes back" if b.sequence <= a.sequence else "skips"
+            return (
+                f"the list {how} from event {a.sequence} to event {b.sequence}: events are "
+                "missing, reordered or repeated (pass the whole trail in order, e.g. "
+                "query_dir(path) without filters)"
+            )
+        if b.prev_hash != a.chain_hash:
             return f"event {b.sequence} does not link to event {a.sequence}"
     return None
 
@@ -283,7 +304,8 @@ def build(
                 f"{rep.checkpoints} signed checkpoints",
             )
         except AuditIntegrityError as e:
-            integrity = ("fail", f"{e.kind} at sequence {e.sequence}: {e}")
+            where = "" if e.sequence is None else f" at sequence {e.sequence}"
+            integrity = ("fail", f"{e.kind}{where}: {e}")
         except SymbiError as e:
             integrity = ("fail", str(e))
         label = path

@@ -11,18 +11,21 @@ from typing import Any, Optional, Union
 import msgspec
 
 from symbi.audit import query_dir, verify_dir
+from symbi.audit.log import _ns_to_datetime
 from symbi.audit.reports import render
 from symbi.errors import AuditIntegrityError, InvalidArgument
 
 __all__ = ["add_parser"]
 
 
-def _time(text: str) -> Union[datetime, float]:
-    """ISO 8601 (``2026-11-25``, ``2026-11-25T10:00:00+01:00``) or Unix seconds."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
+def _time(text: str) -> Union[datetime, float, int]:
+    """ISO 8601 (``2026-11-25``, ``2026-11-25T10:00:00+01:00``), Unix seconds, or int
+    nanoseconds (an event's ``timestamp``); the library's ``_to_ns`` converts it exactly."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
@@ -48,7 +51,10 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         r = verify_dir(args.dir, public_key=key, allow_torn_tail=args.allow_torn_tail)
     except AuditIntegrityError as e:
-        print(f"BROKEN {args.dir}: first bad event at sequence {e.sequence} ({e.kind}): {e}")
+        if e.sequence is None:  # the checkpoint file, not an event
+            print(f"BROKEN {args.dir}: the checkpoint file is damaged ({e.kind}): {e}")
+        else:
+            print(f"BROKEN {args.dir}: first bad event at sequence {e.sequence} ({e.kind}): {e}")
         return 1
     print(
         f"OK {args.dir}: {r.events} events in {r.segments} segments, {r.checkpoints} "
@@ -60,7 +66,8 @@ def _verify(args: argparse.Namespace) -> int:
 def _event_row(e: Any) -> dict[str, Any]:
     return {
         "sequence": e.sequence,
-        "time": datetime.fromtimestamp(e.timestamp / 1e9, timezone.utc).isoformat(),
+        "time": _ns_to_datetime(e.timestamp).isoformat(),
+        "timestamp": e.timestamp,
         "agent_id": e.agent_id,
         "event_type": e.event_type,
         "details": e.details,
@@ -142,7 +149,9 @@ def add_parser(sub: Any) -> None:
     q.add_argument("dir", type=_existing_dir, metavar="DIR")
     q.add_argument("--agent")
     q.add_argument("--type", help="event type, e.g. policy.denied")
-    q.add_argument("--since", type=_time, help="ISO 8601 or Unix seconds")
+    q.add_argument(
+        "--since", type=_time, help="ISO 8601, Unix seconds, or int nanoseconds (inclusive)"
+    )
     q.add_argument("--until", type=_time)
     q.add_argument("--limit", type=int)
     q.add_argument("--format", choices=["table", "json", "jsonl"], default="table")

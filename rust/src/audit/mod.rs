@@ -34,6 +34,10 @@ pub enum IntegrityKind {
     Corrupt,
     /// An inclusion proof does not lead to the checkpoint's root.
     Inclusion,
+    /// The checkpoint file is damaged, missing, or holds a checkpoint with a bad signature.
+    /// It names no event: the events may all be intact, but a cut tail can no longer be
+    /// detected.
+    Checkpoint,
 }
 
 impl IntegrityKind {
@@ -45,6 +49,7 @@ impl IntegrityKind {
             IntegrityKind::Order => "order",
             IntegrityKind::Corrupt => "corrupt",
             IntegrityKind::Inclusion => "inclusion",
+            IntegrityKind::Checkpoint => "checkpoint",
         }
     }
 }
@@ -66,9 +71,10 @@ pub enum AuditError {
     SequenceOverflow { first_seq: u64, count: usize },
     #[error("invalid audit {field}: {detail}")]
     BadInput { field: &'static str, detail: String },
-    #[error("audit integrity failure at sequence {seq} ({kind}): {detail}; restore the trail from a verified copy and investigate who changed it")]
+    #[error("audit integrity failure {} ({kind}): {detail}; restore the trail from a verified copy (check it with `symbi audit verify DIR`) and investigate who changed it", at(seq))]
     Integrity {
-        seq: u64,
+        /// The first bad event; None for damage that names no event (kind `checkpoint`).
+        seq: Option<u64>,
         kind: IntegrityKind,
         detail: String,
     },
@@ -95,9 +101,25 @@ impl AuditError {
 
     pub(crate) fn integrity(seq: u64, kind: IntegrityKind, detail: impl Into<String>) -> Self {
         AuditError::Integrity {
-            seq,
+            seq: Some(seq),
             kind,
             detail: detail.into(),
         }
+    }
+
+    /// Damage to the checkpoint file: it names no event.
+    pub(crate) fn checkpoint(detail: impl Into<String>) -> Self {
+        AuditError::Integrity {
+            seq: None,
+            kind: IntegrityKind::Checkpoint,
+            detail: detail.into(),
+        }
+    }
+}
+
+fn at(seq: &Option<u64>) -> String {
+    match seq {
+        Some(s) => format!("at sequence {s}"),
+        None => format!("in {}", store::CHECKPOINT_FILE),
     }
 }

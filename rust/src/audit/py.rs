@@ -295,7 +295,7 @@ impl AuditStore {
         let r = py.detach(|| {
             let (src, vk, cks) = {
                 let s = self.lock();
-                (s.source(), *s.verifying_key(), s.checkpoints().to_vec())
+                (s.source(), *s.verifying_key(), s.checkpoint_log())
             };
             store::verify(&src, &vk, &cks, false)
         })?;
@@ -388,7 +388,7 @@ impl AuditStore {
         py.detach(|| self.lock().failure().map(str::to_owned))
     }
     /// What opening the store found: segments, events, checkpoints, truncated_bytes,
-    /// truncated_file, damaged_regions.
+    /// truncated_file, quarantine_file, damaged_regions.
     #[getter]
     fn open_report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let r = py.detach(|| self.lock().report().clone());
@@ -398,6 +398,7 @@ impl AuditStore {
         d.set_item("checkpoints", r.checkpoints)?;
         d.set_item("truncated_bytes", r.truncated_bytes)?;
         d.set_item("truncated_file", r.truncated_file)?;
+        d.set_item("quarantine_file", r.quarantine_file)?;
         d.set_item("damaged_regions", r.damaged_regions)?;
         Ok(d)
     }
@@ -425,25 +426,7 @@ pub fn audit_verify_dir<'py>(
             Some(b) => self::public_key(b)?,
             None => keys::load_public(&path)?,
         };
-        let (cks, bad_ck) = store::read_checkpoints(&path)?;
-        if let Some(off) = bad_ck {
-            let torn_ok = allow_torn_tail && {
-                let len = std::fs::metadata(path.join(store::CHECKPOINT_FILE))
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                let buf = std::fs::read(path.join(store::CHECKPOINT_FILE)).unwrap_or_default();
-                super::segment::scan(&buf, store::CHECKPOINT_DOMAIN).torn_tail(len as usize)
-                    == Some(off)
-            };
-            if !torn_ok {
-                let seq = cks.iter().map(|c| c.size).max().unwrap_or(0);
-                return Err(AuditError::integrity(
-                    seq,
-                    super::IntegrityKind::Corrupt,
-                    format!("damaged bytes at byte {off} of {}", store::CHECKPOINT_FILE),
-                ));
-            }
-        }
+        let cks = store::read_checkpoints(&path)?;
         store::verify(&store::dir_source(&path)?, &vk, &cks, allow_torn_tail)
     })?;
     report_dict(py, &r)

@@ -7,7 +7,11 @@
 //! [`scan`] splits a file into good frames and bad regions. After a bad frame it resyncs:
 //! it looks for the next position holding a frame whose body starts with the expected
 //! domain tag and whose CRC matches. A bad region with no good frame after it is a torn
-//! tail (a write that never completed); one followed by good frames is corruption.
+//! tail (a write that never completed) only when it *looks* unfinished: its first frame's
+//! length runs past the end of the file, or it is all zero bytes (blocks the file system
+//! allocated but never wrote). Anything else is corruption, including a complete frame with
+//! a bad CRC at the very end: that record was written in full, maybe acknowledged, and
+//! cutting it would lose it.
 
 use std::ops::Range;
 
@@ -49,13 +53,29 @@ pub struct Scan {
 }
 
 impl Scan {
-    /// The start of a bad region that runs to the end of the file, if any.
-    pub fn torn_tail(&self, file_len: usize) -> Option<usize> {
+    /// The start of a bad region that runs to the end of `buf`, if any (torn or not).
+    pub fn bad_tail(&self, buf: &[u8]) -> Option<usize> {
         self.bad
             .last()
-            .filter(|r| r.end == file_len)
+            .filter(|r| r.end == buf.len())
             .map(|r| r.start)
     }
+
+    /// The start of a torn tail: a bad region at the end of `buf` that is an unfinished
+    /// write (see the module docs), if any.
+    pub fn torn_tail(&self, buf: &[u8]) -> Option<usize> {
+        self.bad_tail(buf).filter(|&at| is_unfinished(&buf[at..]))
+    }
+}
+
+/// Does `tail` (bytes from a frame start to the end of the file) look like a write that
+/// never completed: a header cut short, a length that runs past the end, or only zeros?
+pub fn is_unfinished(tail: &[u8]) -> bool {
+    let Some(hdr) = tail.get(..HEADER) else {
+        return true;
+    };
+    let len = u32::from_le_bytes(hdr[..4].try_into().expect("4 bytes")) as usize;
+    len > tail.len() - HEADER || tail.iter().all(|&b| b == 0)
 }
 
 /// The frame at `pos`, if it is complete and its CRC matches.
@@ -135,7 +155,30 @@ mod tests {
         let cut = &buf[..buf.len() - 3];
         let s = scan(cut, TAG);
         assert_eq!(s.frames.len(), 4);
-        assert_eq!(s.torn_tail(cut.len()), Some(offs[4]));
+        assert_eq!(s.torn_tail(cut), Some(offs[4]));
+        // A header cut short, too.
+        let cut = &buf[..offs[4] + 3];
+        assert_eq!(scan(cut, TAG).torn_tail(cut), Some(offs[4]));
+    }
+
+    #[test]
+    fn zero_filled_tail_is_torn() {
+        let (mut buf, offs) = file(3);
+        buf.extend_from_slice(&[0; 300]);
+        let s = scan(&buf, TAG);
+        assert_eq!(s.frames.len(), 3);
+        assert_eq!(s.torn_tail(&buf), Some(offs[2] + 8 + TAG.len() + 12));
+    }
+
+    #[test]
+    fn complete_last_frame_with_bad_crc_is_not_torn() {
+        let (mut buf, offs) = file(5);
+        let n = buf.len();
+        buf[n - 2] ^= 0x10;
+        let s = scan(&buf, TAG);
+        assert_eq!(s.frames.len(), 4);
+        assert_eq!(s.bad_tail(&buf), Some(offs[4]));
+        assert_eq!(s.torn_tail(&buf), None);
     }
 
     #[test]
@@ -145,7 +188,7 @@ mod tests {
         let s = scan(&buf, TAG);
         assert_eq!(s.frames.len(), 4);
         assert_eq!(s.bad, vec![offs[2]..offs[3]]);
-        assert_eq!(s.torn_tail(buf.len()), None);
+        assert_eq!(s.torn_tail(&buf), None);
     }
 
     #[test]

@@ -18,10 +18,13 @@
 //! and trio, and the batch boundary falls naturally at "everything queued while the disk
 //! was busy", which is what group commit wants.
 //!
-//! **Recovery.** On open, a torn tail (a partial or bad frame with no good frame after it)
-//! at the end of the last segment or the checkpoint file is cut off and reported in
-//! [`OpenReport`]. Damage anywhere else is never repaired: it is counted in the report and
-//! [`verify`] names it.
+//! **Recovery.** On open, a torn tail (an unfinished frame at the end of the last segment or
+//! the checkpoint file, see [`segment`]) is moved into `<file>.torn` (never deleted) and cut
+//! off, and reported in [`OpenReport`]. Damage anywhere else is never repaired: it is
+//! counted in the report and [`verify`] names it. The store refuses to open for appending
+//! (an integrity error) when appending would reuse the sequence numbers of events that may
+//! have been acknowledged: a complete but damaged last record, fewer events than a signed
+//! checkpoint covers, or a missing checkpoint file.
 //!
 //! **Checkpoints.** Every `checkpoint_every` events (and on close) the store signs the
 //! RFC 6962 Merkle tree head over all chain hashes so far. Checkpoint body:
@@ -187,9 +190,11 @@ pub struct OpenReport {
     pub segments: usize,
     pub events: u64,
     pub checkpoints: usize,
-    /// Bytes cut off a torn tail, and the file they were cut from.
+    /// Bytes cut off a torn tail, the file they were cut from, and the `<file>.torn`
+    /// quarantine file they were moved to (appended, so earlier cuts stay there too).
     pub truncated_bytes: u64,
     pub truncated_file: Option<String>,
+    pub quarantine_file: Option<String>,
     /// Damaged regions that were left alone (verification will name them).
     pub damaged_regions: usize,
 }
@@ -278,7 +283,7 @@ impl Source {
                     let buf = read_prefix(path, *len)?;
                     let scan = segment::scan(&buf, event::DOMAIN);
                     let tail = if i == last {
-                        scan.torn_tail(buf.len())
+                        scan.torn_tail(&buf)
                     } else {
                         None
                     };
@@ -350,48 +355,101 @@ pub fn dir_source(dir: &Path) -> Result<Source, AuditError> {
     Ok(Source::Dir(segs))
 }
 
-/// The checkpoints stored in `dir` (good frames only) and whether any frame was bad.
-pub fn read_checkpoints(dir: &Path) -> Result<(Vec<Checkpoint>, Option<usize>), AuditError> {
-    let path = dir.join(CHECKPOINT_FILE);
-    let buf = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
-        Err(e) => return Err(AuditError::io("read", &path, e)),
-    };
-    let scan = segment::scan(&buf, CHECKPOINT_DOMAIN);
-    let mut out = Vec::new();
-    let mut bad = scan.bad.first().map(|r| r.start);
-    for fr in &scan.frames {
-        match Checkpoint::parse(&buf[fr.body.clone()]) {
-            Some(c) => out.push(c),
-            None => bad = Some(bad.map_or(fr.offset, |b| b.min(fr.offset))),
+/// The checkpoint file as read: its good checkpoints and what is wrong with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointLog {
+    /// Checkpoints of the good frames, in file order (signatures not yet checked).
+    pub checkpoints: Vec<Checkpoint>,
+    /// The file does not exist.
+    pub missing: bool,
+    /// Byte offset of the first damaged region (a bad frame, or one that does not parse).
+    pub damaged_at: Option<usize>,
+    /// Start of a torn tail (an unfinished write at the end), if any.
+    pub torn_at: Option<usize>,
+    /// Number of damaged regions, the torn tail not counted.
+    pub damaged_regions: usize,
+}
+
+impl CheckpointLog {
+    pub fn parse(buf: &[u8]) -> Self {
+        let scan = segment::scan(buf, CHECKPOINT_DOMAIN);
+        let torn_at = scan.torn_tail(buf);
+        let mut out = CheckpointLog {
+            torn_at,
+            damaged_regions: scan.bad.len() - usize::from(torn_at.is_some()),
+            damaged_at: scan.bad.first().map(|r| r.start),
+            ..CheckpointLog::default()
+        };
+        for fr in &scan.frames {
+            match Checkpoint::parse(&buf[fr.body.clone()]) {
+                Some(c) => out.checkpoints.push(c),
+                None => {
+                    out.damaged_regions += 1;
+                    out.damaged_at = Some(out.damaged_at.map_or(fr.offset, |b| b.min(fr.offset)));
+                }
+            }
         }
+        out
     }
-    Ok((out, bad))
+
+    /// What is wrong with the file itself, for a trail of `events` events (a torn tail is
+    /// accepted when `allow_torn_tail`).
+    fn damage(&self, events: u64, allow_torn_tail: bool) -> Option<String> {
+        if self.missing && events > 0 {
+            return Some(format!(
+                "{CHECKPOINT_FILE} is missing but the trail holds {events} events, so events \
+                 cut off its end cannot be detected"
+            ));
+        }
+        let at = self.damaged_at?;
+        if allow_torn_tail && self.torn_at == Some(at) {
+            return None;
+        }
+        let what = if self.torn_at == Some(at) {
+            "a torn tail"
+        } else {
+            "damaged bytes"
+        };
+        Some(format!(
+            "{what} at byte {at} of {CHECKPOINT_FILE} (bad length, CRC or layout); a \
+             checkpoint there may be lost, so events cut off the trail's end may go unnoticed"
+        ))
+    }
+}
+
+/// The checkpoint file of `dir`.
+pub fn read_checkpoints(dir: &Path) -> Result<CheckpointLog, AuditError> {
+    let path = dir.join(CHECKPOINT_FILE);
+    match fs::read(&path) {
+        Ok(b) => Ok(CheckpointLog::parse(&b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CheckpointLog {
+            missing: true,
+            ..CheckpointLog::default()
+        }),
+        Err(e) => Err(AuditError::io("read", &path, e)),
+    }
 }
 
 // ------------------------------------------------------------------------ verification
 
 /// Walk `source` and check everything: framing, sequence order, the hash chain, every
 /// signature (batch-verified per segment) and every checkpoint. The first problem, by
-/// sequence number, is returned as [`AuditError::Integrity`].
+/// sequence number, is returned as [`AuditError::Integrity`]. Problems of the checkpoint
+/// file itself (damage, a checkpoint with a bad signature) name no event: they are
+/// reported, with kind `checkpoint`, only when every event is intact.
 pub fn verify(
     source: &Source,
     vk: &VerifyingKey,
-    checkpoints: &[Checkpoint],
+    ck_log: &CheckpointLog,
     allow_torn_tail: bool,
 ) -> Result<VerifyReport, AuditError> {
     let kid = keys::key_id(vk);
-    for c in checkpoints {
-        if !c.verify_signature(vk) {
-            return Err(AuditError::integrity(
-                c.size.saturating_sub(1),
-                IntegrityKind::Signature,
-                format!("the checkpoint over {} events has a bad signature", c.size),
-            ));
-        }
-    }
-    let mut cks: Vec<&Checkpoint> = checkpoints.iter().collect();
+    let checkpoints = &ck_log.checkpoints;
+    // Only checkpoints this key signed say anything about the events; the others are
+    // reported as checkpoint damage (after any bad event, which a wrong key also fails).
+    let (good, forged): (Vec<&Checkpoint>, Vec<&Checkpoint>) =
+        checkpoints.iter().partition(|c| c.verify_signature(vk));
+    let mut cks = good;
     cks.sort_by_key(|c| c.size);
     let mut ck_i = 0;
     while ck_i < cks.len() && cks[ck_i].size == 0 {
@@ -573,6 +631,16 @@ pub fn verify(
     };
     if let Some((_, e)) = first {
         return Err(e);
+    }
+    if let Some(d) = ck_log.damage(expected, allow_torn_tail) {
+        return Err(AuditError::checkpoint(d));
+    }
+    if let Some(c) = forged.first() {
+        return Err(AuditError::checkpoint(format!(
+            "the checkpoint over {} events does not carry a valid signature by key {kid} \
+             (it names key {}): it was forged, damaged or signed by another key",
+            c.size, c.key_id
+        )));
     }
     Ok(VerifyReport {
         events: expected,
@@ -814,6 +882,8 @@ pub struct Store {
     leaves: Vec<Hash>,
     compact: Compact,
     checkpoints: Vec<Checkpoint>,
+    /// Where the checkpoint file was damaged when the store was opened (verify reports it).
+    ck_damaged_at: Option<usize>,
     report: OpenReport,
     failed: Option<String>,
     closed: bool,
@@ -840,6 +910,20 @@ fn truncate(path: &Path, at: u64) -> Result<(), AuditError> {
     f.sync_all().map_err(|e| AuditError::io("fsync", path, e))
 }
 
+/// Append `tail` (bytes about to be cut off `path`) to `<path>.torn`, durably: a torn tail
+/// is almost surely an unacknowledged write, but the bytes are kept for an investigation.
+fn quarantine(dir: &Path, path: &Path, tail: &[u8]) -> Result<PathBuf, AuditError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".torn");
+    let q = PathBuf::from(name);
+    let mut f = open_append(&q, false)?;
+    f.write_all(tail)
+        .map_err(|e| AuditError::io("write", &q, e))?;
+    f.sync_all().map_err(|e| AuditError::io("fsync", &q, e))?;
+    keys::sync_dir(dir)?;
+    Ok(q)
+}
+
 impl Store {
     pub fn in_memory(opts: Options) -> Self {
         let signer = keys::generate();
@@ -864,16 +948,21 @@ impl Store {
             leaves: Vec::new(),
             compact: Compact::default(),
             checkpoints: Vec::new(),
+            ck_damaged_at: None,
             report,
             failed: None,
             closed: false,
         }
     }
 
-    /// Open (creating if needed) the store in `dir`, repairing a torn tail.
+    /// Open (creating if needed) the store in `dir`, moving a torn tail aside.
+    ///
+    /// Refuses (an integrity error, nothing changed on disk) when appending would reuse the
+    /// sequence numbers of events that may have been acknowledged: see the module docs.
     pub fn open(dir: &Path, opts: Options) -> Result<Self, AuditError> {
         fs::create_dir_all(dir).map_err(|e| AuditError::io("create directory", dir, e))?;
         let signer = keys::load_or_create(dir)?;
+        let vk = signer.verifying_key();
         let mut report = OpenReport::default();
         let segs = list_segments(dir)?;
         let mut leaves = Vec::new();
@@ -881,63 +970,151 @@ impl Store {
         let mut head = GENESIS;
         let mut sealed = Vec::new();
         let mut last_len = 0u64;
+        // (file, its bytes, where its torn tail starts): cut only once every check passed.
+        let mut cuts: Vec<(PathBuf, Vec<u8>, usize)> = Vec::new();
         for (i, (_, path)) in segs.iter().enumerate() {
             let buf = fs::read(path).map_err(|e| AuditError::io("read", path, e))?;
             let scan = segment::scan(&buf, event::DOMAIN);
             let is_last = i + 1 == segs.len();
-            let mut len = buf.len() as u64;
-            let tail = scan.torn_tail(buf.len()).filter(|_| is_last);
+            let tail = scan.torn_tail(&buf).filter(|_| is_last);
             report.damaged_regions += scan.bad.len() - usize::from(tail.is_some());
+            let mut last_parsed = false;
             for fr in &scan.frames {
-                match Record::parse(&buf[fr.body.clone()]) {
+                last_parsed = match Record::parse(&buf[fr.body.clone()]) {
                     Some(rec) => {
                         leaves.push(rec.chain);
                         next_seq = rec.fields.seq.saturating_add(1);
                         head = rec.chain;
+                        true
                     }
-                    None => report.damaged_regions += 1,
-                }
-            }
-            if let Some(at) = tail {
-                truncate(path, at as u64)?;
-                report.truncated_bytes = len - at as u64;
-                report.truncated_file = Some(path.display().to_string());
-                len = at as u64;
+                    None => {
+                        report.damaged_regions += 1;
+                        false
+                    }
+                };
             }
             if is_last {
-                last_len = len;
+                // The last record is complete but damaged: it may be an acknowledged event,
+                // and the next append would take its sequence number.
+                let bad_end = scan.bad_tail(&buf).filter(|_| tail.is_none()).or_else(|| {
+                    scan.frames
+                        .last()
+                        .filter(|_| !last_parsed)
+                        .map(|f| f.offset)
+                });
+                if let Some(at) = bad_end {
+                    return Err(AuditError::integrity(
+                        next_seq,
+                        IntegrityKind::Corrupt,
+                        format!(
+                            "the last record of {} (from byte {at}) is complete but damaged \
+                             (bad CRC or layout): not an unfinished write but maybe an \
+                             acknowledged event, so the store will neither cut it nor append \
+                             after it",
+                            path.display()
+                        ),
+                    ));
+                }
+                last_len = match tail {
+                    Some(at) => at as u64,
+                    None => buf.len() as u64,
+                };
+                if let Some(at) = tail {
+                    cuts.push((path.clone(), buf, at));
+                }
             } else {
-                sealed.push((path.clone(), len));
+                sealed.push((path.clone(), buf.len() as u64));
             }
+        }
+        // The last segment is named by the first event written to it, and every event
+        // before that was durable when it was created: fewer means events are missing.
+        if let Some((first, path)) = segs.last().filter(|(first, _)| *first > next_seq) {
+            return Err(AuditError::integrity(
+                next_seq,
+                IntegrityKind::Missing,
+                format!(
+                    "{} starts at event {first} but only {next_seq} events can be read \
+                     before it, so the store will not append (that would reuse their \
+                     sequence numbers)",
+                    path.display()
+                ),
+            ));
         }
         report.segments = segs.len().max(1);
         report.events = leaves.len() as u64;
+
+        let ck_path = dir.join(CHECKPOINT_FILE);
+        let ck_buf = match fs::read(&ck_path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(AuditError::io("read", &ck_path, e)),
+        };
+        if ck_buf.is_none() && next_seq > 0 {
+            // Opening creates the file (and syncs the directory) before the first append.
+            return Err(AuditError::checkpoint(format!(
+                "{} is missing but the trail holds {next_seq} events, so events cut off its \
+                 end cannot be detected and appending could reuse their numbers (if the file \
+                 never existed, an empty one accepts the trail as it is)",
+                ck_path.display()
+            )));
+        }
+        let ck_created = ck_buf.is_none();
+        let ck = ck_buf
+            .as_deref()
+            .map(CheckpointLog::parse)
+            .unwrap_or_default();
+        // A signed checkpoint covers more events than can be read: they were acknowledged
+        // (a checkpoint is only written after its events are durable) and are now missing.
+        // Appending would number new events over them and fork the trail.
+        if let Some(c) = ck
+            .checkpoints
+            .iter()
+            .filter(|c| c.size > next_seq && c.verify_signature(&vk))
+            .max_by_key(|c| c.size)
+        {
+            let last = segs.last().map_or_else(
+                || dir.display().to_string(),
+                |(_, p)| p.display().to_string(),
+            );
+            return Err(AuditError::integrity(
+                next_seq,
+                IntegrityKind::Missing,
+                format!(
+                    "a signed checkpoint covers {} events but only {next_seq} can be read \
+                     (the trail ends early in {last}), so the store will not append (that \
+                     would reuse their sequence numbers)",
+                    c.size
+                ),
+            ));
+        }
+        report.checkpoints = ck.checkpoints.len();
+        report.damaged_regions += ck.damaged_regions;
+        if let (Some(buf), Some(at)) = (ck_buf, ck.torn_at) {
+            cuts.push((ck_path.clone(), buf, at));
+        }
+
+        // Every check passed: move torn tails aside.
+        for (path, buf, at) in &cuts {
+            let q = quarantine(dir, path, &buf[*at..])?;
+            truncate(path, *at as u64)?;
+            report.truncated_bytes += (buf.len() - at) as u64;
+            report
+                .truncated_file
+                .get_or_insert_with(|| path.display().to_string());
+            report
+                .quarantine_file
+                .get_or_insert_with(|| q.display().to_string());
+        }
+
         let (active_path, created) = match segs.last() {
             Some((_, p)) => (p.clone(), false),
             None => (dir.join(segment::segment_name(0)), true),
         };
         let file = open_append(&active_path, created)?;
-        if created {
+        let ck_file = open_append(&ck_path, false)?;
+        if created || ck_created {
             keys::sync_dir(dir)?;
         }
-
-        let ck_path = dir.join(CHECKPOINT_FILE);
-        let (checkpoints, _) = read_checkpoints(dir)?;
-        if ck_path.exists() {
-            let buf = fs::read(&ck_path).map_err(|e| AuditError::io("read", &ck_path, e))?;
-            let scan = segment::scan(&buf, CHECKPOINT_DOMAIN);
-            if let Some(at) = scan.torn_tail(buf.len()) {
-                truncate(&ck_path, at as u64)?;
-                report.truncated_bytes += (buf.len() - at) as u64;
-                report
-                    .truncated_file
-                    .get_or_insert_with(|| ck_path.display().to_string());
-            }
-            report.damaged_regions +=
-                scan.bad.len() - usize::from(scan.torn_tail(buf.len()).is_some());
-        }
-        let ck_file = open_append(&ck_path, false)?;
-        report.checkpoints = checkpoints.len();
 
         let mut store = Self::with(
             Backing::Dir {
@@ -960,8 +1137,18 @@ impl Store {
         store.leaves = leaves;
         store.next_seq = next_seq;
         store.head = head;
-        store.checkpoints = checkpoints;
+        store.checkpoints = ck.checkpoints;
+        store.ck_damaged_at = ck.damaged_at.filter(|&at| ck.torn_at != Some(at));
         Ok(store)
+    }
+
+    /// The checkpoints and the checkpoint file's damage, as [`verify`] takes them.
+    pub fn checkpoint_log(&self) -> CheckpointLog {
+        CheckpointLog {
+            checkpoints: self.checkpoints.clone(),
+            damaged_at: self.ck_damaged_at,
+            ..CheckpointLog::default()
+        }
     }
 
     pub fn report(&self) -> &OpenReport {
@@ -1270,7 +1457,11 @@ mod tests {
 
     fn kind(e: AuditError) -> (u64, IntegrityKind) {
         match e {
-            AuditError::Integrity { seq, kind, .. } => (seq, kind),
+            AuditError::Integrity {
+                seq: Some(seq),
+                kind,
+                ..
+            } => (seq, kind),
             other => panic!("not an integrity error: {other}"),
         }
     }
@@ -1288,7 +1479,7 @@ mod tests {
         );
         assert_eq!(out[1].prev, out[0].chain);
         assert_eq!(s.checkpoints().len(), 2);
-        let rep = verify(&s.source(), s.verifying_key(), s.checkpoints(), false).unwrap();
+        let rep = verify(&s.source(), s.verifying_key(), &s.checkpoint_log(), false).unwrap();
         assert_eq!(rep.events, 10);
         let q = query(
             &s.source(),
@@ -1333,12 +1524,15 @@ mod tests {
         assert_eq!(stored[1].prev, stored[0].chain);
         assert_eq!(stored[12].details, b"{\"i\":19}");
         s.close().unwrap();
-        let (cks, _) = read_checkpoints(&d).unwrap();
+        let cks = read_checkpoints(&d).unwrap();
         let vk = keys::load_public(&d).unwrap();
         let rep = verify(&dir_source(&d).unwrap(), &vk, &cks, false).unwrap();
         assert_eq!(rep.events, 20);
         assert_eq!(rep.head, cb.events[12].chain);
-        assert_eq!(cks.iter().filter(|c| c.size % 5 == 0).count(), 4);
+        assert_eq!(
+            cks.checkpoints.iter().filter(|c| c.size % 5 == 0).count(),
+            4
+        );
         fs::remove_dir_all(&d).unwrap();
     }
 
@@ -1365,7 +1559,7 @@ mod tests {
         let mut s = Store::open(&d, opts).unwrap();
         assert_eq!(s.next_seq(), 50);
         s.append_batch(&batch(50..55)).unwrap();
-        let (cks, _) = read_checkpoints(&d).unwrap();
+        let cks = read_checkpoints(&d).unwrap();
         let vk = keys::load_public(&d).unwrap();
         let rep = verify(&dir_source(&d).unwrap(), &vk, &cks, false).unwrap();
         assert_eq!(rep.events, 55);
@@ -1392,7 +1586,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
         drop(f);
-        let (cks, _) = read_checkpoints(&d).unwrap();
+        let cks = read_checkpoints(&d).unwrap();
         let vk = keys::load_public(&d).unwrap();
         let err = verify(&dir_source(&d).unwrap(), &vk, &cks, false).unwrap_err();
         assert_eq!(kind(err), (5, IntegrityKind::Corrupt));
@@ -1401,11 +1595,202 @@ mod tests {
         assert_eq!(s.report().truncated_bytes, 6);
         s.append_batch(&batch(5..6)).unwrap();
         assert_eq!(
-            verify(&s.source(), &vk, s.checkpoints(), false)
+            verify(&s.source(), &vk, &s.checkpoint_log(), false)
                 .unwrap()
                 .events,
             6
         );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Every file of `d` with its bytes (to show that a refused open changed nothing).
+    fn snapshot(d: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn closed_store(n: usize) -> (PathBuf, Vec<usize>) {
+        let d = tmp();
+        let mut s = Store::open(&d, Options::default()).unwrap();
+        s.append_batch(&batch(0..n)).unwrap();
+        s.close().unwrap();
+        let buf = fs::read(d.join(segment::segment_name(0))).unwrap();
+        let offs = segment::scan(&buf, event::DOMAIN)
+            .frames
+            .iter()
+            .map(|f| f.offset)
+            .collect();
+        (d, offs)
+    }
+
+    #[test]
+    fn open_refuses_fewer_events_than_a_signed_checkpoint() {
+        let (d, offs) = closed_store(6);
+        let seg = d.join(segment::segment_name(0));
+        let buf = fs::read(&seg).unwrap();
+        // Cut mid-record 3: it looks like a torn write, but the checkpoint covers 6.
+        fs::write(&seg, &buf[..offs[3] + 10]).unwrap();
+        let before = snapshot(&d);
+        let err = Store::open(&d, Options::default()).err().unwrap();
+        assert!(err.to_string().contains("symbi audit verify"), "{err}");
+        assert_eq!(kind(err), (3, IntegrityKind::Missing));
+        assert_eq!(snapshot(&d), before);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn open_refuses_a_complete_damaged_last_record() {
+        let d = tmp();
+        {
+            let mut s = Store::open(&d, Options::default()).unwrap();
+            s.append_batch(&batch(0..4)).unwrap();
+        } // no close: no checkpoint covers the events
+        let seg = d.join(segment::segment_name(0));
+        let mut buf = fs::read(&seg).unwrap();
+        let n = buf.len();
+        buf[n - 30] ^= 1;
+        fs::write(&seg, &buf).unwrap();
+        let before = snapshot(&d);
+        let err = Store::open(&d, Options::default()).err().unwrap();
+        assert_eq!(kind(err), (3, IntegrityKind::Corrupt));
+        assert_eq!(snapshot(&d), before);
+        let cks = read_checkpoints(&d).unwrap();
+        let vk = keys::load_public(&d).unwrap();
+        let err = verify(&dir_source(&d).unwrap(), &vk, &cks, true).unwrap_err();
+        assert_eq!(kind(err), (3, IntegrityKind::Corrupt));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn torn_tails_are_moved_to_quarantine_files() {
+        let d = tmp();
+        {
+            let mut s = Store::open(&d, Options::default()).unwrap();
+            s.append_batch(&batch(0..3)).unwrap();
+        }
+        let seg = d.join(segment::segment_name(0));
+        let zeros = [0u8; 512]; // blocks allocated but never written (power loss)
+        OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .unwrap()
+            .write_all(&zeros)
+            .unwrap();
+        let ck = d.join(CHECKPOINT_FILE);
+        let partial = [40u8, 0, 0, 0, 1, 2, 3];
+        fs::write(&ck, partial).unwrap();
+        let mut s = Store::open(&d, Options::default()).unwrap();
+        assert_eq!(s.report().truncated_bytes, 512 + 7);
+        assert_eq!(
+            fs::read(d.join(format!("{}.torn", segment::segment_name(0)))).unwrap(),
+            zeros
+        );
+        assert_eq!(
+            fs::read(d.join(format!("{CHECKPOINT_FILE}.torn"))).unwrap(),
+            partial
+        );
+        assert_eq!(s.next_seq(), 3);
+        s.append_batch(&batch(3..4)).unwrap();
+        s.close().unwrap();
+        let vk = keys::load_public(&d).unwrap();
+        let cks = read_checkpoints(&d).unwrap();
+        assert_eq!(
+            verify(&dir_source(&d).unwrap(), &vk, &cks, false)
+                .unwrap()
+                .events,
+            4
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn open_refuses_a_damaged_record_before_an_empty_last_segment() {
+        let d = tmp();
+        let opts = Options {
+            segment_bytes: 4096,
+            checkpoint_every: 0,
+        };
+        {
+            let mut s = Store::open(&d, opts.clone()).unwrap();
+            for k in 0..40 {
+                s.append_batch(&batch(k..k + 1)).unwrap();
+            }
+        } // no close: no checkpoint
+        let segs = list_segments(&d).unwrap();
+        let (first, last) = segs.last().unwrap().clone();
+        // The crash came right after rolling over: the new segment is empty, and the
+        // record before it is complete but damaged.
+        fs::write(&last, b"").unwrap();
+        let (_, prev) = &segs[segs.len() - 2];
+        let mut buf = fs::read(prev).unwrap();
+        let n = buf.len();
+        buf[n - 10] ^= 1;
+        fs::write(prev, &buf).unwrap();
+        let before = snapshot(&d);
+        let err = Store::open(&d, opts).err().unwrap();
+        assert_eq!(kind(err), (first - 1, IntegrityKind::Missing));
+        assert_eq!(snapshot(&d), before);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn open_refuses_a_missing_checkpoint_file() {
+        let (d, _) = closed_store(2);
+        fs::remove_file(d.join(CHECKPOINT_FILE)).unwrap();
+        let err = Store::open(&d, Options::default()).err().unwrap();
+        assert!(matches!(
+            err,
+            AuditError::Integrity {
+                seq: None,
+                kind: IntegrityKind::Checkpoint,
+                ..
+            }
+        ));
+        assert!(!d.join(CHECKPOINT_FILE).exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn checkpoint_problems_name_no_event_unless_an_event_is_bad() {
+        let (d, _) = closed_store(5);
+        let vk = keys::load_public(&d).unwrap();
+        let src = dir_source(&d).unwrap();
+        let good = read_checkpoints(&d).unwrap();
+        assert!(verify(&src, &vk, &good, false).is_ok());
+        let is_ck = |e: AuditError| {
+            matches!(
+                e,
+                AuditError::Integrity {
+                    seq: None,
+                    kind: IntegrityKind::Checkpoint,
+                    ..
+                }
+            )
+        };
+        // A checkpoint with a bad signature: the events are fine.
+        let mut forged = good.clone();
+        forged.checkpoints[0].sig[0] ^= 1;
+        assert!(is_ck(verify(&src, &vk, &forged, false).unwrap_err()));
+        // A damaged checkpoint file.
+        let damaged = CheckpointLog {
+            damaged_at: Some(0),
+            ..good.clone()
+        };
+        assert!(is_ck(verify(&src, &vk, &damaged, false).unwrap_err()));
+        // Another key: every event fails, and event 0 is named (not the checkpoint).
+        let other = keys::generate().verifying_key();
+        let err = verify(&src, &other, &good, false).unwrap_err();
+        assert_eq!(kind(err), (0, IntegrityKind::Signature));
         fs::remove_dir_all(&d).unwrap();
     }
 
@@ -1417,8 +1802,9 @@ mod tests {
         let Source::Memory(bodies) = s.source() else {
             unreachable!()
         };
-        let check =
-            |b: Vec<Arc<[u8]>>| kind(verify(&Source::Memory(b), &vk, &[], false).unwrap_err());
+        let check = |b: Vec<Arc<[u8]>>| {
+            kind(verify(&Source::Memory(b), &vk, &CheckpointLog::default(), false).unwrap_err())
+        };
         // A bad signature.
         let mut b = bodies.clone();
         let mut x = b[7].to_vec();
@@ -1445,7 +1831,7 @@ mod tests {
         assert_eq!(check(b), (12, IntegrityKind::Order));
         // Cutting the tail is caught by the final checkpoint.
         s.close().unwrap();
-        let cks = s.checkpoints().to_vec();
+        let cks = s.checkpoint_log();
         let mut b = bodies.clone();
         b.pop();
         assert_eq!(
