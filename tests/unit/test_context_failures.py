@@ -445,7 +445,7 @@ async def test_filters_apply_to_short_term_and_working_memory():
 
 
 async def test_the_in_memory_filter_means_what_the_index_filter_means():
-    from symbi.context.filters import check_filter, matches
+    from symbi.vector.filters import check_filter, matches
 
     rnd = random.Random(7)
     values: list[Any] = [0, 1, -1, True, False, 0.0, 1.0, 0.5, 2**53 + 1, "a", "b", "", "é"]

@@ -43,11 +43,11 @@ def _data(n: int = 300, dim: int = 16):
 
 
 def _brute(ids, vecs, meta, q, flt, k):
-    from symbi.rag.documents import _matches
+    from symbi.vector.filters import matches
 
     unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
     sims = unit @ (q / np.linalg.norm(q))
-    ok = [i for i in range(len(ids)) if flt is None or _matches(meta[i], flt)]
+    ok = [i for i in range(len(ids)) if flt is None or matches(meta[i], flt)]
     ok.sort(key=lambda i: -sims[i])
     return [ids[i] for i in ok[:k]]
 

@@ -59,9 +59,9 @@ from ..errors import (
     RuntimeStateError,
 )
 from ..policy import AuditSink, PolicyEngine, PolicyRequest
+from ..vector.filters import MISSING, check_filter, index_scalar, is_utf8, matches
 from ..vector.store import EmbeddedVectorStore, VectorStore
 from .cache import ByteLRU, CacheStats
-from .filters import MISSING, check_filter, index_scalar, is_utf8, matches
 from .memory import ShortTermMemory, WorkingMemory, rank
 from .store import ContextStore, StoredItem, scope
 from .types import MEMORY_KINDS, ContextId, ContextItem, KnowledgeItem

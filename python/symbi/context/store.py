@@ -35,9 +35,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import ConfigError, ContextStoreError, SymbiError
+from ..vector.filters import MISSING, index_scalar
 from ..vector.store import VectorStore
 from .cache import ByteLRU
-from .filters import MISSING, index_scalar
 
 __all__ = ["NEVER", "ContextStore", "StoredItem", "index_metadata", "scope"]
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import operator
 import os
 import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import msgspec
 import numpy as np
@@ -19,6 +18,7 @@ import numpy.typing as npt
 
 from ..embed import Embedder, HashingEmbedder
 from ..errors import InvalidArgument, ModelError
+from ..vector.filters import check_filter, is_utf8, matches
 from ..vector.store import EmbeddedVectorStore, VectorStore
 from .analysis import terms
 from .bm25 import BM25Index
@@ -153,21 +153,13 @@ def _check_document(d: Document) -> None:
                 expected=expected,
                 got=value,
             )
-    if not _utf8(d.id):
+    if not is_utf8(d.id):
         raise InvalidArgument(
             f"Document.id {d.id!r} is not valid text (lone surrogate)",
             argument="documents",
             expected="a UTF-8 encodable str",
             got=d.id,
         )
-
-
-def _utf8(s: str) -> bool:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _chunk_metadata(d: Document) -> dict[str, Any]:
@@ -179,9 +171,9 @@ def _chunk_metadata(d: Document) -> dict[str, Any]:
         if not isinstance(v, (str, int, float)):
             continue  # documented: only scalars become filterable chunk metadata
         problem = ""
-        if not isinstance(k, str) or k.startswith("$") or not _utf8(k):
+        if not isinstance(k, str) or k.startswith("$") or not is_utf8(k):
             problem = "keys must be str not starting with '$' (filters reserve it)"
-        elif isinstance(v, str) and not _utf8(v):
+        elif isinstance(v, str) and not is_utf8(v):
             problem = "str values must be valid text (no lone surrogates)"
         elif isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
             problem = "ints must fit in 64 bits (-2**63 .. 2**63-1)"
@@ -424,72 +416,7 @@ class DocumentStore:
     def matching(self, flt: Mapping[str, Any]) -> set[int]:
         """Chunk ids whose metadata matches a filter (equality, ranges, ne, in/nin), for
         the lexical side of a filtered search."""
+        check_filter(flt)
         with self._lock:  # a snapshot: add/remove resize the dict meanwhile
             chunks = list(self._chunks.values())
-        return {c.id for c in chunks if _matches(c.metadata, flt)}
-
-
-_RANGE: dict[str, Callable[[Any, Any], Any]] = {
-    "lt": operator.lt,
-    "lte": operator.le,
-    "le": operator.le,
-    "gt": operator.gt,
-    "gte": operator.ge,
-    "ge": operator.ge,
-}
-
-
-def _eq(have: Any, val: Any) -> bool:
-    """Equality as the vector index evaluates it (the lexical side must agree): numbers
-    by value whatever their type, but a bool only equals a bool (Python has True == 1)."""
-    if isinstance(have, bool) or isinstance(val, bool):
-        return type(have) is type(val) and have == val
-    return bool(have == val)
-
-
-def _ordered(have: Any, val: Any) -> bool:
-    """Whether a range can compare them: two numbers (not bools) or two strs."""
-    if isinstance(have, str) and isinstance(val, str):
-        return True
-    return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (have, val))
-
-
-def _matches(meta: Mapping[str, Any], flt: Mapping[str, Any]) -> bool:
-    for key, cond in flt.items():
-        if key in ("$or", "or"):
-            if not any(_matches(meta, c) for c in cond):
-                return False
-            continue
-        if key in ("$and", "and"):
-            if not all(_matches(meta, c) for c in cond):
-                return False
-            continue
-        if key in ("$not", "not"):
-            if _matches(meta, cond):
-                return False
-            continue
-        have = meta.get(key)
-        if not isinstance(cond, Mapping):
-            if have is None or not _eq(have, cond):
-                return False
-            continue
-        for op, val in cond.items():
-            op = op.lstrip("$")
-            if op in ("ne", "nin"):  # a missing field passes both
-                vals = [val] if op == "ne" else val
-                if have is not None and any(_eq(have, v) for v in vals):
-                    return False
-                continue
-            if have is None:
-                return False
-            if op == "eq":
-                ok = _eq(have, val)
-            elif op == "in":
-                ok = any(_eq(have, v) for v in val)
-            elif op in _RANGE:
-                ok = _ordered(have, val) and bool(_RANGE[op](have, val))
-            else:
-                ok = False  # the vector search has already refused the operator
-            if not ok:
-                return False
-    return True
+        return {c.id for c in chunks if matches(c.metadata, flt)}

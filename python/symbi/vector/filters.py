@@ -1,6 +1,7 @@
 """The vector-index filter language (``{"lang": "de"}``, ``{"year": {"gte": 2020}}``,
 ``{"tag": {"in": [...]}}``, ``$and``/``$or``/``$not``) evaluated in Python, for items that
-are not in an index (short-term and working memory).
+are not in an index: agent short-term and working memory, and the keyword side of the RAG
+document store.
 
 It mirrors ``rust/src/vector/filter.rs`` and the parser in ``rust/src/vector/py.rs`` so a
 filter means the same on every kind of memory: a missing field fails ``eq``, ranges and
