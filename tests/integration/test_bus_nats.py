@@ -13,7 +13,7 @@ import pytest
 
 import symbi
 from symbi.bus import Bus, MailboxDelivery, NatsTransport, SecureMessage
-from symbi.errors import DeliveryError, RemoteError, RequestTimeout
+from symbi.errors import DeliveryError, PolicyDenied, RemoteError, RequestTimeout
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -25,7 +25,7 @@ class Order(symbi.Message):
 
 @asynccontextmanager
 async def node(
-    url: str, agents: list[str], hold: Optional[anyio.Event] = None
+    url: str, agents: list[str], hold: Optional[anyio.Event] = None, **kw: Any
 ) -> AsyncIterator[tuple[Bus, dict[str, list[Any]]]]:
     """A bus with ``agents`` behind the real MailboxDelivery. Their handler doubles an
     Order's qty, raises for a negative one, and for item "hold" first waits for ``hold``."""
@@ -34,7 +34,9 @@ async def node(
         d = MailboxDelivery()
         d.bind(tg)
         bus = Bus(
-            transport=NatsTransport(url, reconnect_attempts=2, reconnect_wait=0.1), ack_timeout=0.5
+            transport=NatsTransport(url, reconnect_attempts=2, reconnect_wait=0.1),
+            ack_timeout=0.5,
+            **kw,
         )
         bus.set_local_delivery(d)
         for a in agents:
@@ -192,3 +194,72 @@ async def test_two_runtimes_configured_for_nats_talk_agent_to_agent(nats_server:
         with pytest.raises(DeliveryError):
             await left.send(Order(item="x", qty=1), to="nobody-here", timeout=2)
         assert left.dead_letters[-1].recipient == "nobody-here"
+
+
+class Audit:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def record(self, event_type: str, agent_id: str, details: dict[str, Any]) -> None:
+        self.events.append((event_type, agent_id, details))
+
+    def of(self, event_type: str) -> list[dict[str, Any]]:
+        return [d for t, _a, d in self.events if t == event_type]
+
+
+class Deny:
+    """A policy denying the (principal, action, resource) triples in ``rules``."""
+
+    def __init__(self, rules: set[tuple[str, str, str]]) -> None:
+        self.rules = rules
+        self.seen: list[tuple[str, str, str]] = []
+
+    def enforce(self, req: Any) -> None:
+        who = req.principal if isinstance(req.principal, str) else req.principal.id
+        what = req.resource if isinstance(req.resource, str) else req.resource.id
+        self.seen.append((who, req.action, what))
+        if (who, req.action, what) in self.rules:
+            raise PolicyDenied(f"denied {who} {req.action} {what}")
+
+
+async def test_the_receiving_runtime_enforces_its_policy_on_remote_senders(
+    nats_server: Any,
+) -> None:
+    """A permissive runtime cannot push past the recipient's policy: direct messages,
+    requests and topic copies from another runtime are checked where they arrive."""
+    policy = Deny({("alice", "send", "bob"), ("alice", "publish", "t.x")})
+    audit = Audit()
+    async with AsyncExitStack() as stack:
+        b, b_inbox = await stack.enter_async_context(
+            node(nats_server.url, ["bob"], policy=policy, audit=audit)
+        )
+        a, _ = await stack.enter_async_context(node(nats_server.url, ["alice", "carol"]))
+        with anyio.fail_after(10), pytest.raises(PolicyDenied, match="denied alice send bob"):
+            await a.send(Order(item="no", qty=1), sender="alice", to="bob", timeout=5)
+        with anyio.fail_after(10), pytest.raises(PolicyDenied):
+            await a.request(Order(item="no", qty=1), sender="alice", to="bob", timeout=5)
+        assert b_inbox["bob"] == []
+        assert ("alice", "send", "bob") in policy.seen
+        dead = [d for d in b.dead_letters if d.sender == "alice"]
+        assert len(dead) == 2 and all("policy denied" in d.reason for d in dead)
+        assert len([d for d in audit.of("bus.rejected") if d["reason"] == "policy"]) == 2
+        # an allowed remote sender still gets through
+        await a.send(Order(item="ok", qty=1), sender="carol", to="bob", timeout=5)
+        assert b_inbox["bob"] == [(Order(item="ok", qty=1), "carol")]
+
+        got: list[Order] = []
+
+        async def on(msg: Order, meta: SecureMessage) -> None:
+            got.append(msg)
+
+        b.subscribe("t.>", on, subscriber="bob")
+        await b.flush(timeout=5)
+        await a.publish("t.x", Order(item="denied", qty=1), sender="alice", timeout=5)
+        await a.publish("t.y", Order(item="allowed", qty=1), sender="alice", timeout=5)
+        with anyio.fail_after(10):
+            while not got or not any(
+                d.recipient == "bob" and "t.x" in d.reason for d in b.dead_letters
+            ):
+                await anyio.sleep(0.01)
+        assert got == [Order(item="allowed", qty=1)]
+        assert ("alice", "publish", "t.x") in policy.seen

@@ -408,3 +408,180 @@ async def test_overlapping_subscriptions_of_one_subscriber_each_get_the_copy() -
         assert sorted(seen) == [("exact", "hello"), ("wild", "hello")]
         assert reader.got == ["hello"]
         assert rt.dead_letters == []
+
+
+# ------------------------------------------------------------ frames vs the transport
+async def test_the_frame_limit_is_clamped_to_the_transport_max_payload() -> None:
+    """A frame within max_message_bytes whose envelope would not fit the transport fails
+    up front with the size error, not as a dead-lettered transport failure."""
+    async with bus_with(transport=InProcTransport(max_payload=8192)) as (bus, _d):
+        with pytest.raises(InvalidArgument, match="transport's max payload"):
+            await bus.send(Note(text="x" * 7000), sender="alice", to="bob", timeout=5)
+        with pytest.raises(InvalidArgument, match="transport's max payload"):
+            await bus.publish("t.x", Note(text="x" * 7000), sender="alice", timeout=5)
+        assert bus.dead_letters == []
+
+
+class DropsBigReplies(InProcTransport):
+    """The in-process transport refusing large payloads on reply subjects only (as a
+    NATS server does past its max_payload)."""
+
+    async def publish(self, subject: str, data: bytes, *, timeout: float) -> None:
+        if subject.startswith("symbi.reply.") and len(data) > 4096:
+            raise symbi.errors.DeliveryError(
+                f"{len(data)} bytes is over max_payload", recipient=subject, reason="too-large"
+            )
+        await super().publish(subject, data, timeout=timeout)
+
+
+async def test_a_reply_the_transport_refuses_reaches_the_requester_as_an_error() -> None:
+    t = DropsBigReplies()
+    async with anyio.create_task_group() as tg:
+        d = MailboxDelivery()
+        d.bind(tg)
+
+        async def big(msg: Any, sender: Any) -> Note:
+            return Note(text="r" * 8000)
+
+        d.add_agent("bob", big)
+        d.add_agent("alice", _noop_agent)
+        server, client = Bus(transport=t), Bus(transport=t)
+        server.set_local_delivery(d)
+        client.set_local_delivery(d)
+        server.register_agent("bob")
+        client.register_agent("alice")
+        try:
+            async with server, client:
+                await server.flush()
+                await client.flush()
+                # Not a RequestTimeout after the full 10 s: an error reply says why.
+                with pytest.raises(symbi.errors.RemoteError, match="too large"):
+                    await client.request(Note(text="q"), sender="alice", to="bob", timeout=10)
+        finally:
+            d.close()
+            tg.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------ late and replayed copies
+class Recording(InProcTransport):
+    """The in-process transport, keeping what was published on reply subjects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replies: list[tuple[str, bytes]] = []
+
+    async def publish(self, subject: str, data: bytes, *, timeout: float) -> None:
+        if subject.startswith("symbi.reply."):
+            self.replies.append((subject, data))
+        await super().publish(subject, data, timeout=timeout)
+
+
+async def test_only_a_verified_late_reply_counts_and_garbage_or_replays_are_audited() -> None:
+    t = Recording()
+    sink = ListSink()
+    hold = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        d = MailboxDelivery()
+        d.bind(tg)
+
+        async def slow(msg: Any, sender: Any) -> Note:
+            await hold.wait()
+            return Note(text="late")
+
+        d.add_agent("bob", slow)
+        d.add_agent("alice", _noop_agent)
+        server, client = Bus(transport=t), Bus(transport=t, audit=sink)
+        server.set_local_delivery(d)
+        client.set_local_delivery(d)
+        server.register_agent("bob")
+        client.register_agent("alice")
+        try:
+            async with server, client:
+                await server.flush()
+                await client.flush()
+                with pytest.raises(symbi.errors.RequestTimeout):
+                    await client.request(Note(text="q"), sender="alice", to="bob", timeout=0.5)
+                hold.set()
+                await settle(lambda: client.stats.late_replies == 1)
+                subject, real = t.replies[0]
+                assert sink.of("bus.rejected") == []
+                await t.publish(subject, b"\x00garbage", timeout=1)
+                await t.publish(subject, real, timeout=1)  # the same reply again
+                await t.publish("symbi.reply.nosuchbus.1", real, timeout=1)
+                assert client.stats.late_replies == 1
+                reasons = [e["reason"] for e in sink.of("bus.rejected")]
+                assert reasons == ["signature", "replay"]  # the foreign subject: not ours
+                assert client.stats.rejected == 2
+        finally:
+            d.close()
+            tg.cancel_scope.cancel()
+
+
+async def test_a_replayed_topic_copy_is_rejected_and_audited() -> None:
+    sink = ListSink()
+    async with bus_with(audit=sink) as (bus, _d):
+        got: list[str] = []
+
+        async def h(msg: Note, meta: SecureMessage) -> None:
+            got.append(msg.text)
+
+        envs: list[bytes] = []
+        bus.add_wiretap(envs.append)
+        bus.subscribe("t.x", h, subscriber="bob")
+        await bus.flush()
+        await bus.publish("t.x", Note(text="hello"), sender="alice", timeout=1)
+        await settle(lambda: got == ["hello"])
+        await bus.transport.publish("symbi.topic.t.x", envs[0], timeout=1)
+        assert [d["reason"] for d in sink.of("bus.rejected")] == ["replay"]
+        assert bus.stats.rejected == 1
+        await anyio.sleep(0.05)
+        assert got == ["hello"]
+
+
+# ------------------------------------------------------------- refused topic keys
+class DenySubscribe:
+    """A policy denying ``subscriber`` the ``subscribe`` action, allowing the rest."""
+
+    def __init__(self, subscriber: str) -> None:
+        self.subscriber = subscriber
+
+    def enforce(self, req: Any) -> None:
+        who = req.principal if isinstance(req.principal, str) else req.principal.id
+        if who == self.subscriber and req.action == "subscribe":
+            raise symbi.errors.PolicyDenied(f"{who} may not subscribe")
+
+
+async def test_a_refused_topic_key_is_audited_and_not_asked_for_every_copy() -> None:
+    t = InProcTransport()
+    pub_sink, sub_sink = ListSink(), ListSink()
+    async with anyio.create_task_group() as tg:
+        d = MailboxDelivery()
+        d.bind(tg)
+        d.add_agent("alice", _noop_agent)
+        d.add_agent("mallory", _noop_agent)
+        pub = Bus(transport=t, audit=pub_sink, policy=DenySubscribe("mallory"))
+        other = Bus(transport=t, audit=sub_sink)  # a permissive runtime
+        pub.set_local_delivery(d)
+        other.set_local_delivery(d)
+        pub.register_agent("alice")
+        other.register_agent("mallory")
+        got: list[str] = []
+
+        async def h(msg: Note, meta: SecureMessage) -> None:
+            got.append(msg.text)
+
+        try:
+            async with pub, other:
+                other.subscribe("t.x", h, subscriber="mallory")
+                await other.flush()
+                for i in range(3):
+                    await pub.publish("t.x", Note(text=f"secret {i}"), sender="alice", timeout=1)
+                await settle(lambda: other.stats.rejected == 3)
+                refused = pub_sink.of("bus.topic_key_refused")
+                assert len(refused) == 1  # asked once, not once per copy
+                assert refused[0]["topic"] == "t.x" and refused[0]["requester"] == "mallory"
+                assert [e["reason"] for e in sub_sink.of("bus.rejected")] == ["decrypt"] * 3
+                assert got == []
+        finally:
+            d.close()
+            tg.cancel_scope.cancel()

@@ -45,7 +45,7 @@ from ..policy.types import AuditSink, PolicyRequest, Principal, Resource
 from . import codec
 from .codec import ACK_OK
 from .ratelimit import RateLimit, RateLimiter, RateLimitLike, to_rate_limit
-from .topics import validate_pattern, validate_topic
+from .topics import MAX_TOPIC_BYTES, validate_pattern, validate_topic
 from .transport import Incoming, InProcTransport, Transport, TransportSubscription, check_timeout
 from .types import BusStats, DeadLetter, LocalDelivery, SecureMessage
 
@@ -61,7 +61,18 @@ Directory = Callable[[str], Optional[Mapping[str, Any]]]
 _MAX_DUP_WAIT = 30.0
 _ACK_CACHE = 65_536
 _MAX_ERRORS_KEPT = 4096
+#: Requests that ended without their reply (timed out, cancelled), kept so a late reply
+#: can be verified before it is counted as one.
+_ENDED_KEPT = 4096
+#: How long a refused topic-key request is remembered (per topic and key id) before
+#: the subscriber asks the publisher again, and how many refusals are kept.
+_KEY_REFUSAL_S = 30.0
+_KEY_REFUSALS_KEPT = 4096
 _INF = float("inf")
+#: The most an envelope adds to its frame (see rust/src/crypto/envelope.rs): the fixed
+#: header, sender, recipient (an agent id or a topic) and content type at their longest,
+#: the ciphertext length and GCM tag, the signature and a batch proof of 32 hashes.
+_ENVELOPE_OVERHEAD = 62 + 255 + max(255, MAX_TOPIC_BYTES) + 255 + 20 + 65 + 9 + 32 * 32
 
 
 class Enforcer(Protocol):
@@ -168,14 +179,18 @@ class Subscription:
 
 
 class _Fanout:
-    """A topic copy opened for a subscriber, and the handlers that have had it."""
+    """A topic copy opened for a subscriber, the handlers that have had it, and the
+    subscriptions it arrived on (a second arrival on one of them is a replay)."""
 
-    __slots__ = ("handlers", "meta", "msg")
+    __slots__ = ("handlers", "meta", "msg", "subs")
 
-    def __init__(self, msg: Any, meta: SecureMessage, handlers: list[TopicHandler]) -> None:
+    def __init__(
+        self, msg: Any, meta: SecureMessage, handlers: list[TopicHandler], sub: Subscription
+    ) -> None:
         self.msg = msg
         self.meta = meta
         self.handlers = handlers
+        self.subs: set[Subscription] = {sub}
 
 
 #: Copies remembered for subscribers with overlapping subscriptions (the other matching
@@ -371,6 +386,8 @@ class Bus:
         self._retry_attempts = retry_attempts
         self._limiter = RateLimiter(per_agent, default)
         self._rate_mode = rate_limit_mode
+        self._max_bytes_cfg = max_message_bytes
+        # Clamped at start() so a frame within it always fits the transport's payload.
         self._max_bytes = max_message_bytes
         self._max_batch = max_batch
         self._ring = BusKeyRing(replay_window_s)
@@ -400,6 +417,11 @@ class Bus:
         self._wiretaps: list[Callable[[bytes], None]] = []
         self._described: dict[str, tuple[Principal, Resource]] = {}
         self._pending: dict[str, _Pending] = {}
+        self._ended: collections.OrderedDict[str, _Pending] = collections.OrderedDict()
+        # (topic, key id) -> monotonic time until which a refused key is not asked again.
+        self._key_refused: collections.OrderedDict[tuple[str, bytes], float] = (
+            collections.OrderedDict()
+        )
         self._corr = itertools.count(1)
         self._acks: collections.OrderedDict[str, Union[bytes, _Flight]] = collections.OrderedDict()
         self._ack_errors: collections.OrderedDict[str, BaseException] = collections.OrderedDict()
@@ -618,6 +640,7 @@ class Bus:
                 f"the bus could not connect its {self._transport.name} transport: {e}",
                 component=self.name,
             ) from e
+        self._clamp_max_bytes()
         self._tg = task_group
         self._state = "running"
         # anyio.Event() looks up the running backend on every call (~2 µs, several per
@@ -628,6 +651,23 @@ class Bus:
             self._reply_prefix + "*", self._on_reply, timeout=self._connect_timeout
         )
         await self._subscribe_pending()
+
+    def _clamp_max_bytes(self) -> None:
+        """The frame limit: ``max_message_bytes``, lowered so that a frame within it,
+        sealed, fits the transport's largest payload (a NATS server's max_payload)."""
+        self._max_bytes = self._max_bytes_cfg
+        try:
+            cap = int(self._transport.max_payload) - _ENVELOPE_OVERHEAD
+        except Exception:  # a transport without the property: keep the configured limit
+            return
+        if cap < self._max_bytes:
+            self._max_bytes = max(cap, 64)
+            log.info(
+                "bus frame limit lowered from %d to %d bytes to fit the %s transport's max payload",
+                self._max_bytes_cfg,
+                self._max_bytes,
+                self._transport.name,
+            )
 
     async def stop(self) -> None:
         if self._state != "running":
@@ -951,7 +991,12 @@ class Bus:
             raise InvalidArgument(
                 f"the encoded message is {len(payload)} bytes, over the bus limit of "
                 f"{self._max_bytes}; send a reference (a path, a key) instead, or raise "
-                "max_message_bytes",
+                "max_message_bytes"
+                + (
+                    " (the limit is lowered to fit the transport's max payload)"
+                    if self._max_bytes < self._max_bytes_cfg
+                    else ""
+                ),
                 argument="msg",
                 expected=f"<= {self._max_bytes} bytes encoded",
                 got=len(payload),
@@ -1174,7 +1219,7 @@ class Bus:
                     out[i] = p.value
         finally:
             for _i, corr, _p in pendings:
-                self._pending.pop(corr, None)
+                self._end_request(corr)
         return out, failed
 
     async def admit(
@@ -1454,7 +1499,16 @@ class Bus:
             return msg_id, pending.value
         finally:
             if want_reply:
-                self._pending.pop(corr, None)
+                self._end_request(corr)
+
+    def _end_request(self, corr: str) -> None:
+        """Forget request ``corr``; one that got no reply is remembered for a while, so
+        a reply arriving late is verified before it is counted (see ``_on_reply``)."""
+        p = self._pending.pop(corr, None)
+        if p is not None and (p.timed_out or not p.done.is_set()):
+            self._ended[corr] = p
+            if len(self._ended) > _ENDED_KEPT:
+                self._ended.popitem(last=False)
 
     @staticmethod
     def _timed_out(to: str, timeout: float) -> RequestTimeout:
@@ -1663,8 +1717,8 @@ class Bus:
         mid, sender, _rcpt, is_topic, _ts, ctype, payload, dup = opened
         delivery = self._delivery
         try_deliver = getattr(delivery, "try_deliver", None)
-        if dup or try_deliver is None:
-            return None
+        if dup or try_deliver is None or sender not in self._agents:
+            return None  # a remote sender is authorised here, in _apply_direct
         try:
             frame, msg = self._decode_direct(is_topic, ctype, payload)
         except SymbiError:
@@ -1735,6 +1789,23 @@ class Bus:
             self._ack_errors.popitem(last=False)
         return codec.encode_ack_error(e, mid)
 
+    def _authorize_remote(self, mid: str, sender: str, agent: str, ctype: str, msg: Any) -> None:
+        """This runtime's policy on a message another runtime let ``sender`` send to
+        local ``agent`` (a local sender was checked at send time). The frame carries no
+        data labels, so the decision sees none. A denial is dead-lettered, audited and
+        raised (the sender gets it in the error ack)."""
+        try:
+            self._authorize(sender, "send", agent, ctype, [])
+        except PolicyDenied as e:
+            why = getattr(e.decision, "reason", None) or str(e)
+            self._record(
+                "bus.rejected",
+                agent,
+                {"reason": "policy", "error": str(e), "message_id": mid, "sender": sender},
+            )
+            self._dead_letter(mid, sender, agent, msg, f"policy denied at recipient: {why}", 1)
+            raise
+
     async def _apply_direct(self, agent: str, opened: tuple[Any, ...]) -> bytes:
         """Deliver an opened direct envelope once (a duplicate gets the first copy's ack)."""
         mid, sender, _rcpt, is_topic, _ts, ctype, payload, dup = opened
@@ -1756,6 +1827,8 @@ class Bus:
         settled = False
         try:
             frame, msg = self._decode_direct(is_topic, ctype, payload)
+            if sender not in self._agents:
+                self._authorize_remote(mid, sender, agent, ctype, msg)
             delivery = self._delivery
             if delivery is None:
                 raise DeliveryError(
@@ -1816,7 +1889,7 @@ class Bus:
             await self._transport.publish(reply_to, env, timeout=self._ack_timeout)
             self.stats.replies += 1
         except SymbiError as e:
-            log.warning("could not send the reply of %s to %s: %s", agent, requester, e)
+            await self._reply_failed(agent, requester, corr, reply_to, ctype, e)
 
     def _reply_ready(
         self,
@@ -1918,7 +1991,7 @@ class Bus:
                 )
                 await self._transport.publish(j.reply_to, env, timeout=self._ack_timeout)
             except SymbiError as e:
-                log.warning("could not send the reply of %s to %s: %s", j.agent, j.requester, e)
+                await self._reply_failed(j.agent, j.requester, j.corr, j.reply_to, j.ctype, e)
 
     def _seal_one_reply(
         self,
@@ -1930,13 +2003,48 @@ class Bus:
             env = self._seal_now(j.agent, j.requester, j.ctype, j.payload, False)
         except SymbiError as e:
             log.warning("could not seal the reply of %s to %s: %s", j.agent, j.requester, e)
-            return
+            if j.ctype == codec.ERROR_TYPE:
+                return
+            try:  # the requester still learns the outcome, promptly
+                err = DeliveryError(
+                    f"the reply of {j.agent!r} could not be sealed: {e}",
+                    recipient=j.agent,
+                    reason="reply failed",
+                )
+                ctype, payload = self._reply_frame(j.corr, self._is_local(j.reply_to), None, err)
+                env = self._seal_now(j.agent, j.requester, ctype, payload, False)
+            except SymbiError:
+                return
         self.stats.single_signed += 1
         self.stats.replies += 1
         if self._is_local(j.reply_to):
             local.setdefault(j.requester, []).append((j.corr, env))
         else:
             remote.append((j, env))
+
+    async def _reply_failed(
+        self, agent: str, requester: str, corr: str, reply_to: str, ctype: str, e: SymbiError
+    ) -> None:
+        """A remote requester's reply could not be sent (too large for the transport,
+        say): send it a small error reply instead, so it fails promptly rather than
+        waiting out its timeout."""
+        log.warning("could not send the reply of %s to %s: %s", agent, requester, e)
+        if ctype == codec.ERROR_TYPE:
+            return  # the error reply itself failed: nothing smaller to send
+        reason = getattr(e, "reason", None)
+        err = DeliveryError(
+            f"the reply of {agent!r} could not be sent"
+            + (" (it is too large for the transport)" if reason == "too-large" else "")
+            + f": {e}",
+            recipient=agent,
+            reason="reply too large" if reason == "too-large" else "reply failed",
+        )
+        try:
+            ectype, payload = self._reply_frame(corr, False, None, err)
+            env = self._seal_now(agent, requester, ectype, payload, False)
+            await self._transport.publish(reply_to, env, timeout=self._ack_timeout)
+        except SymbiError as e2:
+            log.warning("could not send the error reply of %s to %s: %s", agent, requester, e2)
 
     def _is_local(self, reply_to: str) -> bool:
         return reply_to.startswith(self._reply_prefix)
@@ -1967,7 +2075,7 @@ class Bus:
         corr = inc.subject.rsplit(".", 1)[-1]
         pending = self._pending.get(corr)
         if pending is None or pending.done.is_set():
-            self.stats.late_replies += 1
+            await self._on_late_reply(corr, pending, inc.data)
             return
         try:
             opened = await self._open(pending.requester, inc.data)
@@ -1976,6 +2084,46 @@ class Bus:
                 self._reject(e, pending.requester, inc.data)
             return  # a forged or broken reply never completes the request
         self._settle(pending, corr, opened, inc.data)
+
+    async def _on_late_reply(self, corr: str, pending: Optional[_Pending], data: bytes) -> None:
+        """Bytes on the reply subject of a request that is no longer waiting: counted as
+        a late reply only when they open as the reply of that request from the agent it
+        asked; garbage, forgeries and replays are rejected and audited."""
+        ended = pending if pending is not None else self._ended.get(corr)
+        if ended is None:
+            err: SymbiError = SignatureError(
+                f"a reply for request {corr!r}, which this bus is not waiting on; rejected"
+            )
+            self._reject(err, self._runtime_id, data)
+            return
+        try:
+            opened = await self._open(ended.requester, data)  # audits what it raises
+        except SymbiError as e:
+            if not isinstance(e, (SignatureError, DecryptError, ReplayError)):
+                self._reject(e, ended.requester, data)
+            return
+        try:
+            mid, sender, _r, is_topic, _ts, _ctype, payload, dup = opened
+            if dup:
+                raise ReplayError(
+                    f"reply {mid} for request {corr} was already accepted; a replay is rejected",
+                    message_id=mid,
+                )
+            frame = codec.decode_frame(payload)
+            if (
+                is_topic
+                or sender != ended.recipient
+                or frame.corr != corr
+                or frame.kind not in (codec.KIND_REPLY, codec.KIND_REPLY_ERROR)
+            ):
+                raise SignatureError(
+                    f"a reply for request {corr} does not belong to it (from {sender!r})",
+                    sender=sender,
+                )
+        except SymbiError as e:
+            self._reject(e, ended.requester, data)
+            return
+        self.stats.late_replies += 1
 
     def _settle(self, pending: _Pending, corr: str, opened: tuple[Any, ...], data: bytes) -> None:
         """Complete ``pending`` with an opened reply envelope, if it belongs to it."""
@@ -2112,8 +2260,22 @@ class Bus:
                 # Opened already: a replay, unless another subscription of this subscriber
                 # matched the same topic; then this handler gets the copy too.
                 fan = self._fanout.get((opener, mid))
-                if fan is None or any(h == sub.handler for h in fan.handlers):
+                if fan is None or sub in fan.subs:
+                    # Not another subscription's copy: the same bytes again. Publish never
+                    # retries, so this is a replay.
                     self.stats.duplicates += 1
+                    self._reject(
+                        ReplayError(
+                            f"topic message {mid} was already accepted; a replay is rejected",
+                            message_id=mid,
+                        ),
+                        opener,
+                        data,
+                    )
+                    return
+                fan.subs.add(sub)
+                if any(h == sub.handler for h in fan.handlers):
+                    self.stats.duplicates += 1  # the same handler on overlapping patterns
                     return
                 fan.handlers.append(sub.handler)
                 msg, meta = fan.msg, fan.meta
@@ -2124,7 +2286,7 @@ class Bus:
                 msg = codec.decode_body(ctype, frame.body)
                 meta = SecureMessage.from_wire(data)
                 if len(self._subs_of.get(opener, ())) > 1:
-                    self._fanout[(opener, mid)] = _Fanout(msg, meta, [sub.handler])
+                    self._fanout[(opener, mid)] = _Fanout(msg, meta, [sub.handler], sub)
                     if len(self._fanout) > _FANOUT_KEPT:
                         self._fanout.popitem(last=False)
         except SymbiError as e:
@@ -2136,6 +2298,17 @@ class Bus:
             # topic the policy denies this subscriber. Not cached: the engine exposes no
             # generation to invalidate on, and a decision costs about a microsecond.
             self._authorize(opener, "subscribe", topic, ctype, [])
+            if sender not in self._agents:
+                # Another runtime's policy let it publish; this runtime's must too.
+                try:
+                    self._authorize(sender, "publish", topic, ctype, [])
+                except PolicyDenied as e:
+                    self._record(
+                        "bus.rejected",
+                        opener,
+                        {"reason": "policy", "error": str(e), "message_id": mid, "sender": sender},
+                    )
+                    raise
         except PolicyDenied as e:
             why = getattr(e.decision, "reason", None) or str(e)
             self._dead_letter(mid, sender, opener, msg, f"topic {topic}: policy denied: {why}", 1)
@@ -2176,6 +2349,12 @@ class Bus:
         publisher = meta.sender
         if publisher not in self._peers:
             return False
+        refused = (meta.recipient, meta.recipient_key_id)
+        until = self._key_refused.get(refused)
+        if until is not None:
+            if time.monotonic() < until:
+                return False  # refused lately: not asked again for every copy
+            del self._key_refused[refused]
         try:
             req = codec.encode_frame(
                 codec.KIND_KEY_REQUEST, [meta.recipient, meta.recipient_key_id]
@@ -2185,6 +2364,9 @@ class Bus:
                 self._subject("keys", publisher), env, timeout=self._ack_timeout
             )
             if not answer:
+                self._key_refused[refused] = time.monotonic() + _KEY_REFUSAL_S
+                if len(self._key_refused) > _KEY_REFUSALS_KEPT:
+                    self._key_refused.popitem(last=False)
                 raise DeliveryError(f"{publisher!r} refused the topic key", reason="refused")
             _m, sender, _r, _t, _ts, ctype, payload, _dup = await self._open(opener, answer)
             frame = codec.decode_frame(payload)
@@ -2218,6 +2400,8 @@ class Bus:
             await inc.respond(self._ring.bundle(agent))
             return
         answer = b""
+        requester: Optional[str] = None
+        topic: Optional[str] = None
         try:
             _m, requester, _r, is_topic, _ts, ctype, payload, _dup = await self._open(
                 agent, inc.data
@@ -2243,4 +2427,14 @@ class Bus:
             self._record("bus.topic_key_shared", agent, {"topic": topic, "to": requester})
         except SymbiError as e:
             log.warning("refused a topic-key request to %s: %s", agent, e)
+            self._record(
+                "bus.topic_key_refused",
+                agent,
+                {
+                    "topic": topic,
+                    "requester": requester,
+                    "reason": type(e).__name__,
+                    "error": str(e),
+                },
+            )
         await inc.respond(answer)
