@@ -8,8 +8,9 @@ environment variable), the dotted key, and what was expected.
 Environment overrides, strongest last:
 
 * ``SYMBI_<SECTION>__<KEY>=value`` sets any key, for example
-  ``SYMBI_RUNTIME__MAX_CONCURRENT_AGENTS=500``. Values are read as TOML literals
-  (``true``, ``30``, ``"x"``); anything that is not one is taken as a plain string.
+  ``SYMBI_RUNTIME__MAX_CONCURRENT_AGENTS=500``. A value for a text key is taken as it is;
+  for a bool key ``1/0``, ``yes/no``, ``on/off`` or ``true/false`` (any case); anything
+  else is read as a TOML literal (``30``, ``1.5``), or as a plain string if it is not one.
 * Named shortcuts: ``SYMBI_LOG_LEVEL``, ``SYMBI_RUNTIME_MODE``, ``SYMBI_CRYPTO_PROVIDER``,
   ``SYMBI_AUDIT_STORAGE``, ``SYMBI_NATS_URL``, ``QDRANT_URL`` and ``MCP_SERVER_DISCOVERY``.
 """
@@ -174,7 +175,8 @@ class ContextConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=T
 
     #: Unset means the embedded Rust HNSW index; a URL selects a Qdrant server.
     vector_db_url: Optional[str] = None
-    embedding_dimension: Annotated[int, Meta(ge=1, le=65_536)] = 384
+    #: At least 8: the built-in hashing embedder's minimum (8..65536).
+    embedding_dimension: Annotated[int, Meta(ge=8, le=65_536)] = 384
     #: A size such as ``"1GB"``; see :func:`parse_size`.
     context_cache_size: Union[int, str] = "1GB"
     knowledge_retention_days: Annotated[int, Meta(ge=0, le=36_500)] = 365
@@ -311,15 +313,31 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
             return cls.from_dict({}, env=env)
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            text = p.read_text(encoding="utf-8-sig")
         except FileNotFoundError:
             raise ConfigError(
                 f"config file {str(p)!r} does not exist; check the path "
                 "(or SYMBI_CONFIG_PATH), or omit it to use the defaults",
                 source=str(p),
             ) from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read config file {str(p)!r}: {e}", source=str(p)) from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"config file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                "save it as UTF-8",
+                source=str(p),
+            ) from None
+        except OSError as e:
+            if p.is_dir():
+                raise ConfigError(
+                    f"config path {str(p)!r} is a directory; pass the path of a TOML config "
+                    "file (e.g. symbi.toml)",
+                    source=str(p),
+                ) from None
+            raise ConfigError(
+                f"cannot read config file {str(p)!r}: {e.strerror or e}; check that it exists "
+                "and that you can read it",
+                source=str(p),
+            ) from None
         return cls.from_toml(text, source=str(p), env=env)
 
     @classmethod
@@ -374,9 +392,17 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
                 for key in body:
                     origin[(section, key)] = source
         for var, section, key, value in _env_overrides(env or {}):
-            if not isinstance(raw.setdefault(section, {}), dict):
-                raw[section] = {}
-            raw[section][key] = value
+            body = raw.setdefault(section, {})
+            if not isinstance(body, dict):
+                raise ConfigError(
+                    f"{source}: invalid config key {section!r}: expected a table, got "
+                    f"{type(body).__name__} {body!r}; write it as a [{section}] section "
+                    f"(environment variable {var} sets {section}.{key})",
+                    source=source,
+                    key=section,
+                    expected="a table",
+                )
+            body[key] = value
             origin[(section, key)] = f"environment variable {var}"
         for (section, key), norm in _NORMALIZE.items():
             body = raw.get(section)
@@ -485,8 +511,49 @@ def _check_source(source: Any) -> str:
     return source
 
 
-def _env_value(text: str) -> Any:
-    """Read an environment value as a TOML literal, else as a plain string."""
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _field_kind(section: str, key: str) -> Optional[str]:
+    """``"str"`` when the field takes text (str, Optional[str], a Literal of strings),
+    ``"bool"`` for a (optional) bool, else None (parse the value as a TOML literal)."""
+    typ = _SECTIONS.get(section)
+    if typ is None:
+        return None
+    try:
+        hint = typing.get_type_hints(typ).get(key)
+    except Exception:  # pragma: no cover - an unresolvable annotation: fall back to TOML
+        return None
+    if hint is None:
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is Union and len(args) == 1:
+        hint = args[0]
+    if hint is str or (
+        typing.get_origin(hint) is Literal
+        and all(isinstance(a, str) for a in typing.get_args(hint))
+    ):
+        return "str"
+    if hint is bool:
+        return "bool"
+    return None
+
+
+def _env_value(text: str, section: str = "", key: str = "") -> Any:
+    """Read an environment value for ``section.key``: text fields take the raw string,
+    bool fields accept 1/0, yes/no, on/off, true/false in any case; anything else is read
+    as a TOML literal, else as a plain string."""
+    kind = _field_kind(section, key)
+    if kind == "str":
+        return text
+    if kind == "bool":
+        low = text.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        return text
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -508,10 +575,10 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str, Any]]:
                     key=f"{section}.{key}",
                     expected=f"a section in {sorted(sections)}",
                 )
-            out.append((var, section, key, _env_value(value)))
+            out.append((var, section, key, _env_value(value, section, key)))
     for var, (section, key) in _NAMED_ENV.items():
         if var in env:
-            out.append((var, section, key, _env_value(env[var])))
+            out.append((var, section, key, _env_value(env[var], section, key)))
     return out
 
 

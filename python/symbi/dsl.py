@@ -262,9 +262,12 @@ def _read(path: Union[str, Path]) -> tuple[str, str]:
         )
     p = Path(path)
     try:
-        return p.read_text(encoding="utf-8"), str(path)
+        return p.read_text(encoding="utf-8-sig"), str(path)
     except UnicodeDecodeError as e:
-        raise ParseError(f"{path}: not UTF-8 text ({e.reason})", source=str(path)) from e
+        raise ParseError(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8",
+            source=str(path),
+        ) from e
     except OSError as e:
         raise InvalidArgument(
             f"cannot read DSL file {path}: {e.strerror or e}",
@@ -282,7 +285,7 @@ def parse_file(path: Union[str, Path], *, strict: bool = True) -> DslFile:
 
 
 def _strip_position(e: ParseError) -> str:
-    prefix = f"{e.source}:{e.line}:{e.column}: "
+    prefix = f"{e.source}:{e.line}:{e.column}: " if e.line is not None else f"{e.source}: "
     msg = e.message
     return msg[len(prefix) :] if msg.startswith(prefix) else msg
 

@@ -40,7 +40,7 @@ configs = st.builds(
         ContextConfig,
         vector_db_url=st.none()
         | st.sampled_from(["http://localhost:6333", "https://q.example:443/x"]),
-        embedding_dimension=st.integers(1, 65_536),
+        embedding_dimension=st.integers(8, 65_536),
         context_cache_size=sizes,
         knowledge_retention_days=st.integers(0, 36_500),
     ),

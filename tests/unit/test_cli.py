@@ -220,3 +220,133 @@ def test_audit_verify_with_the_trails_own_public_key_passes(tmp_path, capsys):
     out = tmp_path / "r.md"
     assert main(["audit", "report", str(trail), "--framework", "hipaa", "--out", str(out)]) == 0
     assert "HIPAA" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '[bus]\nrate_limit = 1\nrate_limit_mode = "fail"\n',
+        '[runtime]\nmessage_buffer_size = 1\nfull_mailbox = "fail"\n',
+    ],
+)
+def test_demo_failure_inside_a_task_group_is_one_line(tmp_path, capsys, monkeypatch, body):
+    for k in [k for k in os.environ if k.startswith("SYMBI_")]:
+        monkeypatch.delenv(k)
+    f = tmp_path / "c.toml"
+    f.write_text(body)
+    rc = main(["demo", "--config", str(f), "--audit-dir", str(tmp_path / "trail")])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("symbi demo: ") and "Group" not in lines[0]
+
+
+class _EmptyAnswer:
+    text = ""
+    citations: tuple[object, ...] = ()
+
+
+class _EmptyPipeline:
+    async def answer(self, question: str, timeout: float = 0) -> _EmptyAnswer:
+        return _EmptyAnswer()
+
+
+@pytest.mark.parametrize("broken", ["policy", "rag"])
+def test_demo_fails_when_a_step_does_not_hold(tmp_path, capsys, monkeypatch, broken):
+    import symbi.cli.demo as demo
+
+    for k in [k for k in os.environ if k.startswith("SYMBI_")]:
+        monkeypatch.delenv(k)
+    if broken == "policy":
+        rule = 'allow: [network_access] if resource == "api.partner.example"'
+        assert rule in demo.DEMO_POLICY
+        monkeypatch.setattr(demo, "DEMO_POLICY", demo.DEMO_POLICY.replace(rule, ""))
+    else:
+        monkeypatch.setattr(symbi.rag, "example_pipeline", _EmptyPipeline)
+    assert main(["demo", "--audit-dir", str(tmp_path / "trail")]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out
+    assert "health        ok" not in out
+    assert ("allowed network_access" in out) == (broken != "policy")
+
+
+def _corrupt_first_record(trail: Path) -> None:
+    seg = sorted(trail.glob("*.seg"))[0]
+    data = bytearray(seg.read_bytes())
+    data[0] ^= 0xFF
+    seg.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("cmd", [["query"], ["report", "--framework", "hipaa"]])
+def test_audit_query_and_report_refuse_a_damaged_trail(tmp_path, capsys, cmd):
+    trail = _small_trail(tmp_path / "trail")
+    _corrupt_first_record(trail)
+    capsys.readouterr()
+    assert main(["audit", cmd[0], str(trail), *cmd[1:]]) == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1, out.err
+    assert "BROKEN" in lines[0] and "first bad event at sequence 0" in lines[0]
+
+
+@pytest.mark.parametrize("cmd", [["query"], ["report", "--framework", "hipaa"]])
+def test_audit_query_and_report_refuse_a_directory_that_is_not_a_trail(tmp_path, capsys, cmd):
+    rc = main(["audit", cmd[0], str(tmp_path), *cmd[1:]])
+    out = capsys.readouterr()
+    assert rc in (1, 2)
+    assert out.out == ""
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and "audit.pub" in lines[0], out.err
+
+
+def test_audit_report_exits_1_when_a_control_fails(tmp_path, capsys):
+    trail = _small_trail(tmp_path / "trail")
+    fw = tmp_path / "fw.toml"
+    fw.write_text(
+        '[frameworks.acme]\ntitle = "ACME"\n[[frameworks.acme.controls]]\nid = "AC-1"\n'
+        'title = "Secrets are read"\ncheck = "events"\nevent_types = ["secret.*"]\n'
+        "min_events = 1\n"
+    )
+    capsys.readouterr()
+    rc = main(["audit", "report", str(trail), "--framework", "acme", "--frameworks", str(fw)])
+    out = capsys.readouterr()
+    assert rc == 1
+    assert "FAIL" in out.out and "AC-1" in out.err
+
+
+def test_report_frameworks_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    trail = _small_trail(tmp_path / "trail")
+    fw = tmp_path / "fw.toml"
+    fw.write_bytes("[frameworks.acme]\ntitle = 'caf\xe9'\n".encode("latin-1"))
+    capsys.readouterr()
+    argv = ["audit", "report", str(trail), "--framework", "acme", "--frameworks", str(fw)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "InvalidArgument" in err
+    assert "save it as UTF-8" in err
+
+
+def test_report_frameworks_file_with_a_bom_is_accepted(tmp_path, capsys):
+    trail = _small_trail(tmp_path / "trail")
+    fw = tmp_path / "fw.toml"
+    fw.write_bytes(
+        b'\xef\xbb\xbf[frameworks.acme]\ntitle = "ACME"\n[[frameworks.acme.controls]]\n'
+        b'id = "AC-1"\ntitle = "Tool calls"\ncheck = "events"\nevent_types = ["tool.*"]\n'
+    )
+    argv = ["audit", "report", str(trail), "--framework", "acme", "--frameworks", str(fw)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "AC-1" in capsys.readouterr().out
+
+
+def test_config_check_on_a_directory_and_demo_audit_dir_on_a_file_exit_2(tmp_path, capsys):
+    assert main(["config", "check", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a directory" in err and "Errno" not in err
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert main(["demo", "--audit-dir", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--audit-dir" in err and "is a file" in err
+    assert f.read_text() == "x"

@@ -191,7 +191,7 @@ BAD_SECTIONS = [
     (RuntimeConfig, {"aging_s": 0.0}, "runtime.aging_s", "> 0"),
     (RuntimeConfig, {"max_concurrent_agents": "many"}, "runtime.max_concurrent_agents", "int"),
     (RuntimeConfig, {"mode": "cluster"}, "runtime.mode", "embedded"),
-    (ContextConfig, {"embedding_dimension": 0}, "context.embedding_dimension", ">= 1"),
+    (ContextConfig, {"embedding_dimension": 7}, "context.embedding_dimension", ">= 8"),
     (ContextConfig, {"context_cache_size": "1XB"}, "context.context_cache_size", "GiB"),
     (ContextConfig, {"vector_db_url": "not a url"}, "context.vector_db_url", "URL"),
     (McpConfig, {"connection_timeout_s": 0}, "mcp.connection_timeout_s", "> 0"),
@@ -271,3 +271,56 @@ def test_config_encodes_with_msgspec():
     # Config is a msgspec Struct: it serialises for logs and the MCP server.
     data = msgspec.json.decode(msgspec.json.encode(Config()))
     assert data["runtime"]["max_concurrent_agents"] == 10_000
+
+
+def test_a_utf8_bom_is_accepted(tmp_path):
+    f = tmp_path / "bom.toml"
+    f.write_bytes(b"\xef\xbb\xbf[runtime]\nmax_concurrent_agents = 7\n")
+    assert Config.load(f, env={}).runtime.max_concurrent_agents == 7
+
+
+def test_a_non_utf8_file_says_to_save_it_as_utf8(tmp_path):
+    f = tmp_path / "latin1.toml"
+    f.write_bytes("[bus]\nclient_name = 'caf\xe9'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="save it as UTF-8") as ei:
+        Config.load(f, env={})
+    assert str(f) in str(ei.value)
+
+
+def test_a_directory_is_not_a_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory; pass the path of a TOML") as ei:
+        Config.load(tmp_path, env={})
+    assert "Errno" not in str(ei.value)
+
+
+def test_embedding_dimension_below_the_embedders_minimum_is_refused():
+    with pytest.raises(ConfigError) as ei:
+        Config.from_toml("[context]\nembedding_dimension = 1\n")
+    assert ei.value.key == "context.embedding_dimension"
+    assert Config.from_toml("[context]\nembedding_dimension = 8\n").context.embedding_dimension == 8
+
+
+def test_env_override_into_a_non_table_section_is_an_error(tmp_path):
+    f = tmp_path / "t5.toml"
+    f.write_text("runtime = 5\n")
+    with pytest.raises(ConfigError) as ei:
+        Config.load(f, env={"SYMBI_RUNTIME__PREEMPTION": "false"})
+    msg = str(ei.value)
+    assert str(f) in msg and "'runtime'" in msg and "[runtime]" in msg
+    assert ei.value.key == "runtime"
+
+
+def test_env_values_for_text_fields_are_kept_as_text():
+    cfg = Config.load(env={"SYMBI_AUDIT_STORAGE": "2024", "SYMBI_BUS__CLIENT_NAME": "true"})
+    assert cfg.security.audit_storage == "2024"
+    assert cfg.bus.client_name == "true"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("0", False), ("1", True), ("no", False), ("YES", True), ("False", False), ("TRUE", True)],
+)
+def test_env_values_for_bool_fields_accept_common_spellings(text, value):
+    cfg = Config.load(env={"MCP_SERVER_DISCOVERY": text, "SYMBI_RUNTIME__PREEMPTION": text})
+    assert cfg.mcp.discovery_enabled is value
+    assert cfg.runtime.preemption is value

@@ -436,3 +436,22 @@ def test_to_dict_is_plain_data() -> None:
     assert d["name"] == "triage"
     assert d["policies"][0]["name"] == "guard"
     assert d["body"]["kind"] == "block"
+
+
+def test_a_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    f = tmp_path / "bom.symbi"
+    f.write_bytes(b"\xef\xbb\xbfagent a() {}\n")
+    assert [a.name for a in dsl.parse_file(f).agents] == ["a"]
+    p = tmp_path / "bom.symbi"
+    p.write_bytes(b"\xef\xbb\xbfpolicy p { allow: [read] }\n")
+    assert [x.name for x in symbi.policy.load_file(p)] == ["p"]
+
+
+def test_check_names_a_non_utf8_file_once(tmp_path: Path, capsys: Any) -> None:
+    f = tmp_path / "latin1.symbi"
+    f.write_bytes("agent caf\xe9 {}".encode("latin-1"))
+    assert main(["dsl", "check", str(f)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.count(str(f)) == 1, err
+    assert "not UTF-8" in err and "save it as UTF-8" in err

@@ -202,12 +202,20 @@ def load_frameworks(path: Union[str, os.PathLike[str]]) -> dict[str, Framework]:
     """Frameworks defined in a TOML file (see the module docstring)."""
     p = Path(path)
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        raw = tomllib.loads(p.read_text(encoding="utf-8-sig"))
     except OSError as e:
         raise InvalidArgument(
             f"cannot read frameworks file {str(p)!r}: {e}",
             argument="frameworks_file",
             expected="a readable TOML file",
+            got=str(p),
+        ) from None
+    except UnicodeDecodeError as e:
+        raise InvalidArgument(
+            f"frameworks file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
+            "save it as UTF-8",
+            argument="frameworks_file",
+            expected="a UTF-8 TOML file",
             got=str(p),
         ) from None
     except tomllib.TOMLDecodeError as e:
@@ -532,6 +540,10 @@ def render(
             got=fmt,
         )
     r = build(path_or_events, framework, since=since, until=until, frameworks_file=frameworks_file)
+    return _format(r, fmt)
+
+
+def _format(r: Report, fmt: Format) -> str:
     if fmt == "json":
         return msgspec.json.format(msgspec.json.encode(r), indent=2).decode() + "\n"
     return _markdown(r) if fmt == "markdown" else _html(r)

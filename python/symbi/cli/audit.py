@@ -12,7 +12,7 @@ import msgspec
 
 from symbi.audit import query_dir, verify_dir
 from symbi.audit.log import _ns_to_datetime
-from symbi.audit.reports import render
+from symbi.audit.reports import _format, build
 from symbi.errors import AuditIntegrityError, InvalidArgument
 
 __all__ = ["add_parser"]
@@ -51,16 +51,31 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         r = verify_dir(args.dir, public_key=key, allow_torn_tail=args.allow_torn_tail)
     except AuditIntegrityError as e:
-        if e.sequence is None:  # the checkpoint file, not an event
-            print(f"BROKEN {args.dir}: the checkpoint file is damaged ({e.kind}): {e}")
-        else:
-            print(f"BROKEN {args.dir}: first bad event at sequence {e.sequence} ({e.kind}): {e}")
+        print(_broken(args.dir, e))
         return 1
     print(
         f"OK {args.dir}: {r.events} events in {r.segments} segments, {r.checkpoints} "
         f"signed checkpoints, key {r.key_id}, head {r.head.hex()}"
     )
     return 0
+
+
+def _broken(path: str, e: AuditIntegrityError) -> str:
+    if e.sequence is None:  # the checkpoint file, not an event
+        return f"BROKEN {path}: the checkpoint file is damaged ({e.kind}): {e}"
+    return f"BROKEN {path}: first bad event at sequence {e.sequence} ({e.kind}): {e}"
+
+
+def _verified(args: argparse.Namespace) -> bool:
+    """Verify the trail before reading it: a damaged event must not be silently skipped.
+    A directory that is not a trail raises (as ``audit verify`` does); damage prints one
+    line on stderr and returns False."""
+    try:
+        verify_dir(args.dir, allow_torn_tail=args.allow_torn_tail)
+    except AuditIntegrityError as e:
+        print(f"symbi audit {args.audit_command}: {_broken(args.dir, e)}", file=sys.stderr)
+        return False
+    return True
 
 
 def _event_row(e: Any) -> dict[str, Any]:
@@ -77,6 +92,8 @@ def _event_row(e: Any) -> dict[str, Any]:
 
 
 def _query(args: argparse.Namespace) -> int:
+    if not _verified(args):
+        return 1
     events = query_dir(
         args.dir,
         agent=args.agent,
@@ -101,14 +118,16 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    text = render(
+    if not _verified(args):
+        return 1
+    report = build(
         args.dir,
         args.framework,
-        args.format,
         since=args.since,
         until=args.until,
         frameworks_file=args.frameworks,
     )
+    text = _format(report, args.format)
     if args.out:
         try:
             Path(args.out).write_text(text, encoding="utf-8")
@@ -123,6 +142,14 @@ def _report(args: argparse.Namespace) -> int:
         print(f"wrote {args.format} report to {args.out}")
     else:
         sys.stdout.write(text)
+    if report.status == "fail":
+        failed = ", ".join(c.id for c in report.controls if c.status == "fail")
+        print(
+            f"symbi audit report: FAIL: {report.framework} controls {failed} failed; "
+            "see the report for details",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -155,6 +182,9 @@ def add_parser(sub: Any) -> None:
     q.add_argument("--until", type=_time)
     q.add_argument("--limit", type=int)
     q.add_argument("--format", choices=["table", "json", "jsonl"], default="table")
+    q.add_argument(
+        "--allow-torn-tail", action="store_true", help="accept a crash's unfinished last record"
+    )
     q.set_defaults(func=_query)
 
     r = asub.add_parser("report", help="a compliance report (HIPAA, GDPR, SOX, or custom)")
@@ -165,4 +195,7 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--since", type=_time)
     r.add_argument("--until", type=_time)
     r.add_argument("--out", metavar="FILE")
+    r.add_argument(
+        "--allow-torn-tail", action="store_true", help="accept a crash's unfinished last record"
+    )
     r.set_defaults(func=_report)

@@ -15,9 +15,10 @@ import anyio
 import msgspec
 
 import symbi
+import symbi.policy
 import symbi.rag
 from symbi.audit import verify_dir
-from symbi.errors import PolicyDenied
+from symbi.errors import InvalidArgument, PolicyDenied
 
 __all__ = ["run_demo"]
 
@@ -191,11 +192,17 @@ async def _demo(config: symbi.Config) -> int:
                 principal=agents[1].id, action="network_access", resource="api.partner.example"
             )
         )
+        if isinstance(ok, symbi.policy.Deny):
+            _line("policy", f"FAILED: network_access to api.partner.example denied: {ok.reason}")
+            return 1
         _line("", f"allowed network_access to api.partner.example with {type(ok).__name__}")
 
         # Agent memory: what the critical worker remembers about a job.
         hits = await rt.context.for_agent(agents[0].id).search("job-3", k=1, timeout=5)
-        _line("memory", f"{agents[0].name} recalls: {hits[0].content!r}" if hits else "no memory")
+        if not hits:
+            _line("memory", f"FAILED: {agents[0].name} remembers nothing of its jobs")
+            return 1
+        _line("memory", f"{agents[0].name} recalls: {hits[0].content!r}")
 
         # RAG over the documents shipped with symbi: five stages, extractive answer.
         question = "How does symbi detect tampering with the audit trail?"
@@ -203,17 +210,24 @@ async def _demo(config: symbi.Config) -> int:
         answer = await pipeline.answer(question, timeout=30)
         cited = ", ".join(sorted({c.doc_id for c in answer.citations[:3]}))
         _line("rag", f"Q: {question}")
-        first = answer.text.strip().splitlines()[0] if answer.text.strip() else ""
+        if not answer.text.strip() or not answer.citations:
+            _line("", "FAILED: the RAG pipeline gave no answer with citations")
+            return 1
+        first = answer.text.strip().splitlines()[0]
         _line("", f"A: {first[:160]}{'...' if len(first) > 160 else ''}")
         _line("", f"cited: {cited}")
 
         health = rt.health()
-        _line("health", health.status)
         if health.status != "ok":
+            _line("health", f"FAILED: {health.status}")
             return 1
+        _line("health", health.status)
     audit_dir = config.security.audit_storage
     if audit_dir is not None:
         report = verify_dir(audit_dir)
+        if report.events == 0:
+            _line("audit", f"FAILED: no events were written to {audit_dir}")
+            return 1
         _line(
             "audit",
             f"{report.events} signed, hash-chained events verified from {audit_dir} "
@@ -224,6 +238,14 @@ async def _demo(config: symbi.Config) -> int:
 
 def run_demo(config_path: Optional[str] = None, audit_dir: Optional[str] = None) -> int:
     config = symbi.Config.load(config_path)
+    if audit_dir is not None and Path(audit_dir).exists() and not Path(audit_dir).is_dir():
+        raise InvalidArgument(
+            f"--audit-dir {audit_dir!r} is a file, not a directory; pass a new or existing "
+            "directory for the demo's audit trail",
+            argument="--audit-dir",
+            expected="a directory path",
+            got=audit_dir,
+        )
     print(f"symbi {symbi.__version__} demo (embedded, {config.runtime.mode} mode)")
     with tempfile.TemporaryDirectory(prefix="symbi-demo-") as tmp:
         target = audit_dir or config.security.audit_storage or str(Path(tmp) / "audit")

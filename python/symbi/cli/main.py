@@ -109,16 +109,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _first_symbi_error(exc: BaseException) -> Optional[SymbiError]:
+    """The first :class:`SymbiError` in ``exc``, looking inside (nested) exception groups
+    (a task group wraps what its tasks raise; ``BaseExceptionGroup`` is 3.11+ only)."""
+    if isinstance(exc, SymbiError):
+        return exc
+    inner = getattr(exc, "exceptions", None)
+    if isinstance(inner, (tuple, list)):
+        for e in inner:
+            if isinstance(e, BaseException):
+                found = _first_symbi_error(e)
+                if found is not None:
+                    return found
+    return None
+
+
+def _only_keyboard_interrupts(exc: BaseException) -> bool:
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    inner = getattr(exc, "exceptions", None)
+    return (
+        isinstance(inner, (tuple, list))
+        and bool(inner)
+        and all(isinstance(e, BaseException) and _only_keyboard_interrupts(e) for e in inner)
+    )
+
+
+def _report_error(command: str, e: SymbiError) -> int:
+    print(f"symbi {command}: {type(e).__name__}: {e}", file=sys.stderr)
+    return 2 if isinstance(e, (symbi.errors.ConfigError, symbi.errors.InvalidArgument)) else 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         rc: int = args.func(args)
     except SymbiError as e:
-        print(f"symbi {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2 if isinstance(e, (symbi.errors.ConfigError, symbi.errors.InvalidArgument)) else 1
+        return _report_error(args.command, e)
     except KeyboardInterrupt:
         return 130
+    except BaseException as e:  # an exception group from a task group: report its cause
+        if _only_keyboard_interrupts(e):
+            return 130
+        found = _first_symbi_error(e)
+        if found is None:
+            raise
+        return _report_error(args.command, found)
     return rc
 
 

@@ -71,7 +71,7 @@ def load_file(path: Union[str, Path]) -> list[Policy]:
             got=str(p),
         )
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise InvalidArgument(
             f"cannot read policy file {p}: {e.strerror or e}",
@@ -80,7 +80,10 @@ def load_file(path: Union[str, Path]) -> list[Policy]:
             got=str(p),
         ) from e
     except UnicodeDecodeError as e:
-        raise ParseError(f"{p}: not UTF-8 text ({e.reason})", source=str(p)) from e
+        raise ParseError(
+            f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8",
+            source=str(p),
+        ) from e
     if suffix in DSL_SUFFIXES:
         return Policy.parse(text, str(p))
     if suffix == ".toml":
