@@ -263,3 +263,54 @@ async def test_the_receiving_runtime_enforces_its_policy_on_remote_senders(
                 await anyio.sleep(0.01)
         assert got == [Order(item="allowed", qty=1)]
         assert ("alice", "publish", "t.x") in policy.seen
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def record(self, event_type: str, agent_id: str, details: dict[str, Any]) -> None:
+        self.events.append((event_type, agent_id, details))
+
+
+async def test_envelopes_from_made_up_senders_do_not_stall_an_inbox(nats_server: Any) -> None:
+    """A keyless NATS client that claims unknown senders and never answers key lookups
+    cannot hold up a pinned sender: the junk is refused at once (and audited) while the
+    made-up ids are looked up in the background."""
+    import nats  # type: ignore[import-untyped]
+
+    from symbi._core import BusKeyRing
+
+    rogue = await nats.connect(nats_server.url)
+    try:
+
+        async def silent(_m: Any) -> None:
+            pass
+
+        await rogue.subscribe("symbi.keys.>", cb=silent)  # answers no key lookup
+        await rogue.flush()
+        sink = _Sink()
+        async with AsyncExitStack() as stack:
+            a, _ = await stack.enter_async_context(node(nats_server.url, ["alice"]))
+            b, b_inbox = await stack.enter_async_context(node(nats_server.url, ["bob"], audit=sink))
+            a.add_peer("bob", b.bundle("bob"))
+            b.add_peer("alice", a.bundle("alice"))
+            ring = BusKeyRing(30.0)
+            ring.add_peer("bob", b.bundle("bob"))
+            for i in range(8):
+                ring.create_identity(f"ghost{i}")
+                env = ring.seal(f"ghost{i}", "bob", "x", b"junk", False)
+                await rogue.publish("symbi.agent.bob", env)
+            await rogue.flush()
+            await a.send(Order(item="legit", qty=1), sender="alice", to="bob", timeout=3)
+            assert b_inbox["bob"] == [(Order(item="legit", qty=1), "alice")]
+            with anyio.fail_after(5):
+                while b.stats.rejected < 8:
+                    await anyio.sleep(0.01)
+            rejected = [d for t, _a, d in sink.events if t == "bus.rejected"]
+            assert {f"ghost{i}" for i in range(8)} <= {
+                g for d in rejected for g in (f"ghost{i}" for i in range(8)) if g in d["error"]
+            }
+            assert all(d["reason"] == "signature" for d in rejected)
+    finally:
+        await rogue.close()

@@ -585,3 +585,53 @@ async def test_a_refused_topic_key_is_audited_and_not_asked_for_every_copy() -> 
         finally:
             d.close()
             tg.cancel_scope.cancel()
+
+
+async def test_a_captured_topic_copy_is_a_replay_for_a_subscription_made_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from symbi.bus import bus as bus_module
+
+    monkeypatch.setattr(bus_module, "_SUB_SKEW_S", 0.05, raising=False)  # keep the test short
+    t = InProcTransport()
+    sink = ListSink()
+    captured: list[bytes] = []
+    async with anyio.create_task_group() as tg:
+        d = MailboxDelivery()
+        d.bind(tg)
+        bus = Bus(transport=t, audit=sink)
+        bus.set_local_delivery(d)
+        for a in ("alice", "bob", "carol"):
+            bus.register_agent(a)
+            d.add_agent(a, _noop_agent)
+        bus.add_wiretap(captured.append)
+        got: dict[str, list[str]] = {"bob": [], "carol": []}
+
+        def on(who: str) -> Any:
+            async def h(msg: Note, meta: SecureMessage) -> None:
+                got[who].append(msg.text)
+
+            return h
+
+        try:
+            async with bus:
+                bus.subscribe("t.x", on("bob"), subscriber="bob")
+                await bus.flush()
+                await bus.publish("t.x", Note(text="once"), sender="alice", timeout=1)
+                await settle(lambda: got["bob"] == ["once"])
+                env = captured[-1]
+                await anyio.sleep(0.2)  # past the skew allowance
+                bus.subscribe("t.x", on("carol"), subscriber="carol")  # a new subscriber
+                await bus.flush()
+                rejected = bus.stats.rejected
+                await t.publish("symbi.topic.t.x", env, timeout=1)  # the captured copy again
+                await settle(lambda: bus.stats.rejected == rejected + 2)  # bob and carol
+                assert got == {"bob": ["once"], "carol": []}
+                replays = [e for e in sink.of("bus.rejected") if e["reason"] == "replay"]
+                assert len(replays) == 2 and {e["message_id"] for e in replays} == {env[6:22].hex()}
+                await bus.publish("t.x", Note(text="fresh"), sender="alice", timeout=1)
+                await settle(lambda: got["carol"] == ["fresh"])
+                assert got["bob"] == ["once", "fresh"]
+        finally:
+            d.close()
+            tg.cancel_scope.cancel()

@@ -68,6 +68,26 @@ _ENDED_KEPT = 4096
 #: the subscriber asks the publisher again, and how many refusals are kept.
 _KEY_REFUSAL_S = 30.0
 _KEY_REFUSALS_KEPT = 4096
+#: An envelope from a sender this runtime has no key for is never verified in the
+#: delivery path (a stranger could stall an inbox with made-up sender ids): it is
+#: refused at once with this ack reason, which the sending bus retries on, while the
+#: sender's bundle is looked up in the background (one lookup per id at a time, at most
+#: ``_SENDER_LOOKUPS_MAX`` at once). An id no runtime answered for is not asked again for
+#: ``_SENDER_REFUSAL_S`` (at most ``_SENDER_REFUSALS_KEPT`` remembered); at most
+#: ``_SENDERS_LEARNT_KEPT`` senders pinned this way are kept (oldest forgotten first).
+UNKNOWN_SENDER = "unknown sender, retry"
+_SENDER_LOOKUPS_MAX = 64
+_SENDER_REFUSAL_S = 30.0
+_SENDER_REFUSALS_KEPT = 4096
+_SENDERS_LEARNT_KEPT = 4096
+#: Envelopes (topic copies, topic-key requests) waiting for their sender's lookup.
+_DEFERRED_MAX = 256
+#: A subscription takes no topic envelope timestamped more than this before it was made
+#: (the seen-id cache is per subscriber and in memory, so a new or restarted subscriber
+#: would otherwise accept a captured copy replayed within the replay window). It is the
+#: clock skew allowed between runtimes here; the key ring's own window (replay_window_s,
+#: the same both ways) is far too wide for this, as it would let the whole window through.
+_SUB_SKEW_S = 1.0
 _INF = float("inf")
 #: The most an envelope adds to its frame (see rust/src/crypto/envelope.rs): the fixed
 #: header, sender, recipient (an agent id or a topic) and content type at their longest,
@@ -105,6 +125,18 @@ class _Batch:
 
 #: Requests of a request_many batch sealed and awaited together (see request_many).
 _REQUEST_CHUNK = 4096
+
+
+class _SenderUnknown(SignatureError):
+    """An envelope from a sender whose bundle is being looked up (see ``Bus._open``)."""
+
+    def __init__(self, sender: str, lookup: anyio.Event) -> None:
+        super().__init__(
+            f"message from unknown sender {sender!r}: its key is being looked up; "
+            f"rejected ({UNKNOWN_SENDER})",
+            sender=sender,
+        )
+        self.lookup = lookup
 
 
 class _Flight:
@@ -156,8 +188,17 @@ class _ReplyJob:
 class Subscription:
     """A live topic subscription (``bus.subscribe``). ``await sub.unsubscribe()`` ends it."""
 
-    def __init__(self, bus: Bus, pattern: str, handler: TopicHandler, subscriber: str) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        pattern: str,
+        handler: TopicHandler,
+        subscriber: str,
+        not_before_ns: int = 0,
+    ) -> None:
         self._bus = bus
+        #: Topic envelopes timestamped before this (ns since the epoch) are replays here.
+        self.not_before_ns = not_before_ns
         self.pattern = pattern
         self.handler = handler
         self.subscriber = subscriber
@@ -391,12 +432,20 @@ class Bus:
         self._max_bytes = max_message_bytes
         self._max_batch = max_batch
         self._ring = BusKeyRing(replay_window_s)
+        self._replay_window_s = replay_window_s
         self._bus_token = uuid.uuid4().hex[:12]
         # Replies to this bus's requests go to subjects under this prefix.
         self._reply_prefix = f"symbi.reply.{self._bus_token}."
         self._runtime_id = runtime_id or f"symbi.runtime.{self._bus_token}"
         self._agents: set[str] = set()
         self._peers: set[str] = set()
+        # Unknown senders being looked up (id -> set when done), ids no runtime answered
+        # for (id -> monotonic time until which not asked again), and senders pinned by
+        # such a lookup, oldest first (see _SENDER_LOOKUPS_MAX and below it).
+        self._sender_lookups: dict[str, anyio.Event] = {}
+        self._sender_refused: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._senders_learnt: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._deferred = 0
         self._agent_subs: dict[str, list[TransportSubscription]] = {}
         self._need_subs: set[str] = set()
         self._subscriptions: set[Subscription] = set()
@@ -422,6 +471,8 @@ class Bus:
         self._key_refused: collections.OrderedDict[tuple[str, bytes], float] = (
             collections.OrderedDict()
         )
+        # Topic-key requests in flight, so concurrent copies ask once.
+        self._key_asks: dict[tuple[str, bytes], anyio.Event] = {}
         self._corr = itertools.count(1)
         self._acks: collections.OrderedDict[str, Union[bytes, _Flight]] = collections.OrderedDict()
         self._ack_errors: collections.OrderedDict[str, BaseException] = collections.OrderedDict()
@@ -609,6 +660,8 @@ class Bus:
             )
         self._ring.add_peer(check_agent_id(agent_id), bytes(bundle))
         self._peers.add(agent_id)
+        self._senders_learnt.pop(agent_id, None)  # pinned by hand: never forgotten
+        self._sender_refused.pop(agent_id, None)
 
     async def _unsubscribe_leaving(self) -> None:
         """Drop the transport subscriptions of agents that left, until none is left (a
@@ -1540,10 +1593,15 @@ class Bus:
                         self._dead_letter(msg_id, sender, to, msg, reason, attempt)
                         raise
                 else:
-                    err = self._ack_failure(ack, to, msg_id, sender, msg, attempt)
-                    if err is None:
-                        return
-                    raise err
+                    err: Optional[BaseException] = codec.decode_ack(ack, to)
+                    if isinstance(err, DeliveryError) and err.reason == UNKNOWN_SENDER:
+                        # The recipient's runtime is looking up this sender's key: retry.
+                        reason = UNKNOWN_SENDER
+                    else:
+                        err = self._ack_failure(ack, to, msg_id, sender, msg, attempt)
+                        if err is None:
+                            return
+                        raise err
             left = deadline - time.monotonic()
             if last or left <= 0:
                 self._dead_letter(msg_id, sender, to, msg, f"retries exhausted: {reason}", attempt)
@@ -1605,9 +1663,20 @@ class Bus:
             {"reason": kind, "error": str(e), "message_id": mid, "bytes": len(data)},
         )
 
-    async def _open(self, opener: str, data: bytes, *, audit: bool = True) -> tuple[Any, ...]:
-        """Verify, replay-check and decrypt; looks up an unknown sender's bundle once.
-        Security failures are audited and raised as their typed error."""
+    async def _open(
+        self,
+        opener: str,
+        data: bytes,
+        *,
+        audit: bool = True,
+        unknown_sender: Literal["reject", "defer", "wait"] = "reject",
+    ) -> tuple[Any, ...]:
+        """Verify, replay-check and decrypt. For a sender with no known key, its bundle is
+        looked up in the background (``_learn_sender``) and, by ``unknown_sender``: the
+        envelope is rejected (a SignatureError); or ``_SenderUnknown`` is raised at once,
+        not audited, for the caller to refuse or defer; or the lookup is waited for
+        (bounded) and the envelope opened again. Security failures are audited and
+        raised as their typed error."""
         try:
             try:
                 return self._ring.open(opener, data)
@@ -1615,23 +1684,100 @@ class Bus:
                 unknown = e.got if getattr(e, "argument", None) == "agent" else None
                 if not isinstance(unknown, str) or unknown == opener or unknown in self._peers:
                     raise
-                try:
-                    await self._ensure_peer(
-                        unknown, time.monotonic() + self._ack_timeout, purpose="verify"
-                    )
-                except DeliveryError:
+                lookup = self._learn_sender(unknown)
+                if lookup is None:
+                    raise SignatureError(
+                        f"message from unknown sender {unknown!r}: no key is known for it and "
+                        "no runtime answered for it lately; rejected",
+                        sender=unknown,
+                    ) from None
+                if unknown_sender == "defer":
+                    raise _SenderUnknown(unknown, lookup) from None
+                if unknown_sender == "reject":
+                    raise SignatureError(
+                        f"message from unknown sender {unknown!r}: no key is known for it; "
+                        "rejected",
+                        sender=unknown,
+                    ) from None
+                with anyio.move_on_after(self._ack_timeout + 1.0):
+                    await lookup.wait()
+                if unknown not in self._peers:
                     raise SignatureError(
                         f"message from unknown sender {unknown!r}: no key is known for it and "
                         "no runtime answers for it; rejected",
                         sender=unknown,
                     ) from None
                 return self._ring.open(opener, data)
+        except _SenderUnknown:
+            raise
         except (SignatureError, DecryptError, ReplayError) as e:
             if audit:
                 self._reject(e, opener, data)
             raise
         except InvalidArgument as e:
             raise self._open_failed(e, opener, data) from None
+
+    def _learn_sender(self, agent: str) -> Optional[anyio.Event]:
+        """Start (or join) the background lookup of unknown sender ``agent``'s bundle; the
+        event is set when it ends. None when no lookup is made: the id was looked up in
+        vain lately, too many lookups are in flight, or the bus is not running."""
+        lookup = self._sender_lookups.get(agent)
+        if lookup is not None:
+            return lookup
+        until = self._sender_refused.get(agent)
+        if until is not None:
+            if time.monotonic() < until:
+                return None
+            del self._sender_refused[agent]
+        if self._tg is None or len(self._sender_lookups) >= _SENDER_LOOKUPS_MAX:
+            return None
+        lookup = self._sender_lookups[agent] = self._event()
+        self._tg.start_soon(self._look_up_sender, agent, lookup)
+        return lookup
+
+    async def _look_up_sender(self, agent: str, done: anyio.Event) -> None:
+        """Look up ``agent``'s bundle (bounded by ``ack_timeout``); remember a failure."""
+        try:
+            await self._ensure_peer(agent, time.monotonic() + self._ack_timeout, purpose="verify")
+        except Exception as e:
+            log.info("no key for sender %r: %s", agent, e)
+            self._sender_refused[agent] = time.monotonic() + _SENDER_REFUSAL_S
+            self._sender_refused.move_to_end(agent)
+            while len(self._sender_refused) > _SENDER_REFUSALS_KEPT:
+                self._sender_refused.popitem(last=False)
+        else:
+            if agent in self._peers and agent not in self._agents:
+                self._senders_learnt[agent] = None
+                while len(self._senders_learnt) > _SENDERS_LEARNT_KEPT:
+                    old, _ = self._senders_learnt.popitem(last=False)
+                    if old not in self._agents:
+                        self._ring.remove(old)
+                        self._peers.discard(old)
+        finally:
+            self._sender_lookups.pop(agent, None)
+            done.set()
+
+    def _defer(self, fn: Callable[..., Awaitable[None]], *args: Any) -> bool:
+        """Run ``fn(*args)`` in the background (an envelope waiting for its sender's
+        lookup), unless too many already wait; False then."""
+        if self._tg is None or self._deferred >= _DEFERRED_MAX:
+            return False
+        self._deferred += 1
+
+        async def run() -> None:
+            try:
+                await fn(*args)
+            finally:
+                self._deferred -= 1
+
+        self._tg.start_soon(run)
+        return True
+
+    def _refuse_unknown(self, e: _SenderUnknown, opener: str, data: bytes) -> SignatureError:
+        """The audited rejection of an envelope from a sender with no known key."""
+        err = SignatureError(str(e), sender=e.sender)
+        self._reject(err, opener, data)
+        return err
 
     def _open_failed(self, e: BaseException, opener: str, data: bytes) -> SymbiError:
         """The typed, audited error for an envelope that did not open: a security error
@@ -1668,7 +1814,9 @@ class Bus:
                 expected="a registered agent",
                 got=recipient,
             )
-        mid, _s, _r, _topic, _ts, ctype, payload, dup = await self._open(recipient, data)
+        mid, _s, _r, _topic, _ts, ctype, payload, dup = await self._open(
+            recipient, data, unknown_sender="wait"
+        )
         if dup:
             err = ReplayError(
                 f"message {mid} was already accepted; a replay is rejected", message_id=mid
@@ -1688,7 +1836,14 @@ class Bus:
         if agent not in self._agents:
             return self._left(agent)
         try:
-            opened = await self._open(agent, data)
+            opened = await self._open(agent, data, unknown_sender="defer")
+        except _SenderUnknown as e:
+            # Not verified here (a lookup could stall this subscription): the sending bus
+            # retries, and by then the background lookup has (normally) pinned its key.
+            self._refuse_unknown(e, agent, data)
+            return codec.encode_ack_error(
+                DeliveryError(str(e), recipient=agent, reason=UNKNOWN_SENDER), ""
+            )
         except SymbiError as e:
             return codec.encode_ack_error(e, str(getattr(e, "message_id", "") or ""))
         return await self._apply_direct(agent, opened)
@@ -2224,7 +2379,10 @@ class Bus:
                 got=subscriber,
             )
         self._authorize(subscriber, "subscribe", pattern, "", [])
-        sub = Subscription(self, pattern, handler, subscriber)
+        skew = min(_SUB_SKEW_S, self._replay_window_s)
+        sub = Subscription(
+            self, pattern, handler, subscriber, time.time_ns() - int(skew * 1_000_000_000)
+        )
         self._subscriptions.add(sub)
         self._subs_of.setdefault(subscriber, set()).add(sub)
         self._inactive.append(sub)
@@ -2239,13 +2397,21 @@ class Bus:
             if not mine:
                 del self._subs_of[sub.subscriber]
 
-    async def _on_topic(self, sub: Subscription, data: bytes) -> None:
+    async def _on_topic(self, sub: Subscription, data: bytes, deferred: bool = False) -> None:
         if not sub.active:
             return
         opener = sub.subscriber
         try:
             try:
-                opened = await self._open(opener, data, audit=False)
+                opened = await self._open(
+                    opener, data, audit=False, unknown_sender="wait" if deferred else "defer"
+                )
+            except _SenderUnknown as e:
+                # Its publisher's key is being looked up: this copy waits for it apart,
+                # so the subscription's other copies are not held up.
+                if not self._defer(self._on_topic, sub, data, True):
+                    raise self._refuse_unknown(e, opener, data) from None
+                return
             except DecryptError as e:
                 # Possibly a group key this runtime has not learnt yet: ask the publisher.
                 if not await self._learn_topic_key(opener, data):
@@ -2255,7 +2421,21 @@ class Bus:
             except (SignatureError, ReplayError) as e:
                 self._reject(e, opener, data)
                 raise
-            mid, sender, topic, is_topic, _ts, ctype, payload, dup = opened
+            mid, sender, topic, is_topic, ts, ctype, payload, dup = opened
+            if ts < sub.not_before_ns:
+                # Sealed before this subscription existed: a captured copy replayed to a
+                # new (or restarted) subscriber, whose seen-id cache never had it.
+                self.stats.duplicates += 1
+                self._reject(
+                    ReplayError(
+                        f"topic message {mid} predates the subscription {sub.pattern!r} of "
+                        f"{opener!r}; a replay is rejected",
+                        message_id=mid,
+                    ),
+                    opener,
+                    data,
+                )
+                return
             if dup:
                 # Opened already: a replay, unless another subscription of this subscriber
                 # matched the same topic; then this handler gets the copy too.
@@ -2350,6 +2530,21 @@ class Bus:
         if publisher not in self._peers:
             return False
         refused = (meta.recipient, meta.recipient_key_id)
+        asking = self._key_asks.get(refused)
+        if asking is not None:  # another copy asks already: wait for its answer
+            with anyio.move_on_after(self._ack_timeout + 1.0):
+                await asking.wait()
+            return self._ring.has_topic_key(meta.recipient, meta.recipient_key_id)
+        asking = self._key_asks[refused] = self._event()
+        try:
+            return await self._ask_topic_key(opener, meta, publisher, refused)
+        finally:
+            del self._key_asks[refused]
+            asking.set()
+
+    async def _ask_topic_key(
+        self, opener: str, meta: SecureMessage, publisher: str, refused: tuple[str, bytes]
+    ) -> bool:
         until = self._key_refused.get(refused)
         if until is not None:
             if time.monotonic() < until:
@@ -2403,8 +2598,10 @@ class Bus:
         requester: Optional[str] = None
         topic: Optional[str] = None
         try:
+            # A requester with no known key is looked up here, bounded (an in-process
+            # transport wants the answer before the handler returns).
             _m, requester, _r, is_topic, _ts, ctype, payload, _dup = await self._open(
-                agent, inc.data
+                agent, inc.data, unknown_sender="wait"
             )
             frame = codec.decode_frame(payload)
             body = codec.decode_body(codec.ANY_TYPE, frame.body)
