@@ -379,3 +379,52 @@ def test_vector_index_save_and_load_refuse_a_non_path(tmp_path: Path):
             VectorIndex.load(bad)  # type: ignore[arg-type]
     ix.save(tmp_path / "ix")
     assert len(VectorIndex.load(str(tmp_path / "ix"))) == 0
+
+
+class _Chat(BaseHTTPRequestHandler):
+    """An OpenAI-style chat server: answers at once, or (``drip``) one byte at a time."""
+
+    drip = False
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        prompt = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = prompt["messages"][0]["content"].upper()
+        body = json.dumps({"choices": [{"message": {"content": text}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for i in range(0, len(body), 1 if self.drip else len(body)):
+                self.wfile.write(body[i : i + (1 if self.drip else len(body))])
+                self.wfile.flush()
+                if self.drip:
+                    time.sleep(0.05)
+        except OSError:
+            pass  # the client hung up at its deadline
+
+
+def test_chat_client_timeout_bounds_the_whole_request():
+    from symbi.rag.generation import OpenAIChatClient
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Chat)
+    httpd.daemon_threads = True
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        _Chat.drip = False
+        assert OpenAIChatClient(url, model="m", timeout=5)("hi") == "HI"
+        # A byte every 0.05 s: no single read waits 0.5 s, only a request deadline ends it.
+        _Chat.drip = True
+        with pytest.raises(ModelError, match=r"did not answer within 0\.5s"):
+            OpenAIChatClient(url, model="m", timeout=0.5)("hi")
+        for bad in (float("nan"), float("inf"), 0, "5"):
+            with pytest.raises(InvalidArgument):
+                OpenAIChatClient(url, model="m", timeout=bad)  # type: ignore[arg-type]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        t.join(5)

@@ -105,6 +105,30 @@ class _HTTPSHandler(_WatchedMixin, urllib.request.HTTPSHandler):
         self._deadline = deadline
 
 
+def post_within(req: urllib.request.Request, timeout: float) -> bytes:
+    """Send ``req`` and read the whole answer within ``timeout`` seconds in all (a socket
+    timeout alone bounds each read). Raises TimeoutError when time is up; HTTP and
+    connection errors as urllib raises them (an HTTPError is read inside the deadline)."""
+    deadline = _Deadline(timeout)
+    opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
+    with deadline:
+        try:
+            with opener.open(req, timeout=timeout) as resp:
+                raw: bytes = resp.read()
+        except urllib.error.HTTPError as e:
+            if not deadline.expired:
+                e.detail = e.read(500).decode("utf-8", "replace")  # type: ignore[attr-defined]
+            raise
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            why = getattr(e, "reason", e)
+            if deadline.expired or isinstance(why, TimeoutError):
+                raise TimeoutError(f"no whole answer within {timeout}s") from e
+            raise
+    if deadline.expired:  # the body may have been cut short by the shutdown
+        raise TimeoutError(f"no whole answer within {timeout}s")
+    return raw
+
+
 def _endpoint(url: str) -> str:
     url = url.rstrip("/")
     if url.endswith("/embeddings"):
@@ -184,33 +208,26 @@ class HttpEmbedder:
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        deadline = _Deadline(self.timeout)
-        opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
-        with deadline:
-            try:
-                with opener.open(req, timeout=self.timeout) as resp:
-                    raw = resp.read()
-            except urllib.error.HTTPError as e:
-                detail = "" if deadline.expired else e.read(500).decode("utf-8", "replace")
-                hint = " (check api_key)" if e.code in (401, 403) else ""
-                raise ModelError(
-                    f"embedding service {self.url} answered HTTP {e.code}{hint}: {detail}",
-                    model="http",
-                    url=self.url,
-                    status=e.code,
-                ) from None
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-                why = getattr(e, "reason", e)
-                if deadline.expired or isinstance(why, TimeoutError):
-                    raise self._timed_out() from None
-                raise ModelError(
-                    f"cannot reach embedding service {self.url}: {why}; check the URL and "
-                    "that the server is up",
-                    model="http",
-                    url=self.url,
-                ) from None
-        if deadline.expired:  # the body may have been cut short by the shutdown
-            raise self._timed_out()
+        try:
+            raw = post_within(req, self.timeout)
+        except TimeoutError:
+            raise self._timed_out() from None
+        except urllib.error.HTTPError as e:
+            detail = getattr(e, "detail", "")
+            hint = " (check api_key)" if e.code in (401, 403) else ""
+            raise ModelError(
+                f"embedding service {self.url} answered HTTP {e.code}{hint}: {detail}",
+                model="http",
+                url=self.url,
+                status=e.code,
+            ) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            raise ModelError(
+                f"cannot reach embedding service {self.url}: {getattr(e, 'reason', e)}; "
+                "check the URL and that the server is up",
+                model="http",
+                url=self.url,
+            ) from None
         try:
             return json.loads(raw)
         except ValueError as e:

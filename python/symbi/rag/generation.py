@@ -18,6 +18,8 @@ from typing import Any, Callable, Optional, Protocol, Union, runtime_checkable
 
 import msgspec
 
+from ..bus.transport import check_timeout
+from ..embed.http import post_within
 from ..errors import InvalidArgument, ModelError
 from .analysis import QueryAnalysis, terms
 from .documents import Chunk
@@ -185,6 +187,7 @@ class OpenAIChatClient:
             )
         url = url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
+        timeout = check_timeout(timeout)  # finite: the request's deadline timer needs one
         self.model, self._key, self.timeout, self.temperature = model, api_key, timeout, temperature
 
     def __call__(self, prompt: str) -> str:
@@ -200,9 +203,16 @@ class OpenAIChatClient:
             headers["Authorization"] = f"Bearer {self._key}"
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                payload: Any = json.loads(resp.read())
+            # The timeout bounds the whole request, not each read (see post_within).
+            payload: Any = json.loads(post_within(req, self.timeout))
             return str(payload["choices"][0]["message"]["content"])
+        except TimeoutError:
+            raise ModelError(
+                f"chat service {self.url} did not answer within {self.timeout}s; raise the "
+                "timeout or check the server",
+                model="chat",
+                url=self.url,
+            ) from None
         except urllib.error.HTTPError as e:
             raise ModelError(
                 f"chat service {self.url} answered HTTP {e.code}",
