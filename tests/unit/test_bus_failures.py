@@ -224,20 +224,27 @@ async def _noop_agent(msg: Any, sender: Any) -> None:
     return None
 
 
+async def hello_on_t_x(bus: Bus) -> tuple[list[str], list[bytes]]:
+    """bob follows t.x; alice publishes "hello" and bob has it. Returns what bob's handler
+    got and the envelopes seen on the wire."""
+    got: list[str] = []
+
+    async def h(msg: Note, meta: SecureMessage) -> None:
+        got.append(msg.text)
+
+    envs: list[bytes] = []
+    bus.add_wiretap(envs.append)
+    bus.subscribe("t.x", h, subscriber="bob")
+    await bus.flush()
+    await bus.publish("t.x", Note(text="hello"), sender="alice", timeout=1)
+    await settle(lambda: got == ["hello"])
+    return got, envs
+
+
 async def test_forged_and_stale_topic_envelopes_are_rejected_and_audited() -> None:
     sink = ListSink()
     async with bus_with(audit=sink, replay_window_s=0.3) as (bus, _d):
-        got: list[str] = []
-
-        async def h(msg: Note, meta: SecureMessage) -> None:
-            got.append(msg.text)
-
-        envs: list[bytes] = []
-        bus.add_wiretap(envs.append)
-        bus.subscribe("t.x", h, subscriber="bob")
-        await bus.flush()
-        await bus.publish("t.x", Note(text="hello"), sender="alice", timeout=1)
-        await settle(lambda: got == ["hello"])
+        got, envs = await hello_on_t_x(bus)
         forged = bytearray(envs[0])
         forged[-1] ^= 1
         await bus.transport.publish("symbi.topic.t.x", bytes(forged), timeout=1)
@@ -520,17 +527,7 @@ async def test_only_a_verified_late_reply_counts_and_garbage_or_replays_are_audi
 async def test_a_replayed_topic_copy_is_rejected_and_audited() -> None:
     sink = ListSink()
     async with bus_with(audit=sink) as (bus, _d):
-        got: list[str] = []
-
-        async def h(msg: Note, meta: SecureMessage) -> None:
-            got.append(msg.text)
-
-        envs: list[bytes] = []
-        bus.add_wiretap(envs.append)
-        bus.subscribe("t.x", h, subscriber="bob")
-        await bus.flush()
-        await bus.publish("t.x", Note(text="hello"), sender="alice", timeout=1)
-        await settle(lambda: got == ["hello"])
+        got, envs = await hello_on_t_x(bus)
         await bus.transport.publish("symbi.topic.t.x", envs[0], timeout=1)
         assert [d["reason"] for d in sink.of("bus.rejected")] == ["replay"]
         assert bus.stats.rejected == 1

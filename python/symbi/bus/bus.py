@@ -220,17 +220,14 @@ class Subscription:
 
 
 class _Fanout:
-    """A topic copy opened for a subscriber, the handlers that have had it, and the
-    subscriptions it arrived on (a second arrival on one of them is a replay)."""
+    """A topic copy opened for a subscriber, and the subscriptions it arrived on (their
+    handlers have had it; a second arrival on one of them is a replay)."""
 
-    __slots__ = ("handlers", "meta", "msg", "subs")
+    __slots__ = ("meta", "msg", "subs")
 
-    def __init__(
-        self, msg: Any, meta: SecureMessage, handlers: list[TopicHandler], sub: Subscription
-    ) -> None:
+    def __init__(self, msg: Any, meta: SecureMessage, sub: Subscription) -> None:
         self.msg = msg
         self.meta = meta
-        self.handlers = handlers
         self.subs: set[Subscription] = {sub}
 
 
@@ -2425,16 +2422,8 @@ class Bus:
             if ts < sub.not_before_ns:
                 # Sealed before this subscription existed: a captured copy replayed to a
                 # new (or restarted) subscriber, whose seen-id cache never had it.
-                self.stats.duplicates += 1
-                self._reject(
-                    ReplayError(
-                        f"topic message {mid} predates the subscription {sub.pattern!r} of "
-                        f"{opener!r}; a replay is rejected",
-                        message_id=mid,
-                    ),
-                    opener,
-                    data,
-                )
+                why = f"predates the subscription {sub.pattern!r} of {opener!r}"
+                self._reject_topic_replay(mid, why, opener, data)
                 return
             if dup:
                 # Opened already: a replay, unless another subscription of this subscriber
@@ -2443,21 +2432,13 @@ class Bus:
                 if fan is None or sub in fan.subs:
                     # Not another subscription's copy: the same bytes again. Publish never
                     # retries, so this is a replay.
-                    self.stats.duplicates += 1
-                    self._reject(
-                        ReplayError(
-                            f"topic message {mid} was already accepted; a replay is rejected",
-                            message_id=mid,
-                        ),
-                        opener,
-                        data,
-                    )
+                    self._reject_topic_replay(mid, "was already accepted", opener, data)
                     return
+                had_it = any(s.handler == sub.handler for s in fan.subs)
                 fan.subs.add(sub)
-                if any(h == sub.handler for h in fan.handlers):
+                if had_it:
                     self.stats.duplicates += 1  # the same handler on overlapping patterns
                     return
-                fan.handlers.append(sub.handler)
                 msg, meta = fan.msg, fan.meta
             else:
                 if not is_topic:
@@ -2466,7 +2447,7 @@ class Bus:
                 msg = codec.decode_body(ctype, frame.body)
                 meta = SecureMessage.from_wire(data)
                 if len(self._subs_of.get(opener, ())) > 1:
-                    self._fanout[(opener, mid)] = _Fanout(msg, meta, [sub.handler], sub)
+                    self._fanout[(opener, mid)] = _Fanout(msg, meta, sub)
                     if len(self._fanout) > _FANOUT_KEPT:
                         self._fanout.popitem(last=False)
         except SymbiError as e:
@@ -2497,6 +2478,14 @@ class Bus:
         self.stats.topic_deliveries += 1
         if self._tg is not None:
             self._tg.start_soon(self._run_handler, sub, msg, meta)
+
+    def _reject_topic_replay(self, mid: str, why: str, opener: str, data: bytes) -> None:
+        self.stats.duplicates += 1
+        self._reject(
+            ReplayError(f"topic message {mid} {why}; a replay is rejected", message_id=mid),
+            opener,
+            data,
+        )
 
     async def _run_handler(self, sub: Subscription, msg: Any, meta: SecureMessage) -> None:
         """Run a topic handler; a copy it failed on (raised, or ran past
