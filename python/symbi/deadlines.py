@@ -11,11 +11,31 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from typing import Protocol
 
 import anyio
 
-__all__ = ["Deadlines", "Expirable"]
+from .errors import InvalidArgument
+
+__all__ = ["Deadlines", "Expirable", "check_timeout"]
+
+
+def check_timeout(timeout: object, argument: str = "timeout") -> float:
+    """``timeout`` as float seconds; InvalidArgument unless it is positive and finite
+    (every await in symbi is bounded, so "no timeout" is not a value)."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not (timeout > 0 and math.isfinite(timeout))
+    ):
+        raise InvalidArgument(
+            f"{argument} must be a positive, finite number of seconds, got {timeout!r}",
+            argument=argument,
+            expected="> 0 seconds",
+            got=timeout,
+        )
+    return float(timeout)
 
 
 class _IsSet(Protocol):

@@ -29,10 +29,11 @@ from . import _core
 from .audit import AuditLog
 from .bus import Bus, DeadLetter, SecureMessage, Subscription
 from .bus.bus import batch_outcome, check_agent_id, check_batch
-from .bus.transport import InProcTransport, Transport, check_timeout
+from .bus.transport import InProcTransport, Transport
 from .components import Component, ComponentHealth, HealthStatus, Housekeeper
 from .config import Config
 from .context import ContextManager
+from .deadlines import check_timeout
 from .errors import ComponentError, InvalidArgument, RuntimeStateError
 from .host import (
     SPAWN_OPTIONS,

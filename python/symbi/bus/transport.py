@@ -13,12 +13,12 @@ time), ``"disconnected"`` (the transport is closed or lost its server) or
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable
 from typing import Callable, Optional, Protocol, runtime_checkable
 
 import msgspec
 
+from ..deadlines import check_timeout
 from ..errors import DeliveryError, InvalidArgument
 from .topics import topic_matches
 
@@ -30,21 +30,6 @@ __all__ = [
     "TransportSubscription",
     "check_timeout",
 ]
-
-
-def check_timeout(timeout: object, argument: str = "timeout") -> float:
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not (timeout > 0 and math.isfinite(timeout))
-    ):
-        raise InvalidArgument(
-            f"{argument} must be a positive, finite number of seconds, got {timeout!r}",
-            argument=argument,
-            expected="> 0 seconds",
-            got=timeout,
-        )
-    return float(timeout)
 
 
 class Incoming(msgspec.Struct, gc=False):

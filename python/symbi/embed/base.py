@@ -9,7 +9,7 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 
-from ..bus.transport import check_timeout
+from ..deadlines import check_timeout
 from ..errors import InvalidArgument, RequestTimeout
 
 __all__ = ["Embedder", "check_texts", "embed_async", "normalize_rows"]

@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..bus.transport import check_timeout
+from ..deadlines import check_timeout
 from ..errors import InvalidArgument, ModelError
 from .base import Vectors, check_texts, normalize_rows
 

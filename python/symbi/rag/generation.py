@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Protocol, Union, runtime_checkable
 
 import msgspec
 
-from ..bus.transport import check_timeout
+from ..deadlines import check_timeout
 from ..embed.http import post_within
 from ..errors import InvalidArgument, ModelError
 from .analysis import QueryAnalysis, terms

@@ -28,7 +28,7 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 import anyio
 import msgspec
 
-from ..bus.transport import check_timeout
+from ..deadlines import check_timeout
 from ..embed import Embedder
 from ..errors import InvalidArgument, RequestTimeout
 from .analysis import QueryAnalysis, QueryAnalyzer, RuleQueryAnalyzer

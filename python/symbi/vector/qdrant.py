@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..bus.transport import check_timeout
+from ..deadlines import check_timeout
 from ..errors import ContextStoreError, InvalidArgument
 from .store import check_k
 
